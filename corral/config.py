@@ -1,0 +1,151 @@
+"""Every configuration variable Corral reads, in one place.
+
+Each setting is read from `CORRAL_<NAME>` first and then from its Ollama alias,
+when Ollama has the same knob. docs/configuration.md documents the same table;
+tests/test_config.py keeps the two in step.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from corral.durations import parse_keep_alive
+
+
+@dataclass(frozen=True)
+class Var:
+    name: str
+    default: str
+    doc: str
+    alias: str = ""
+
+
+VARS: tuple[Var, ...] = (
+    Var("CORRAL_HOST", "127.0.0.1:11434", "Where the gateway listens and where the CLI finds it.", "OLLAMA_HOST"),
+    Var("CORRAL_MODELS", "~/.corral/models", "Model store directory (Ollama layout).", "OLLAMA_MODELS"),
+    Var("CORRAL_KEEP_ALIVE", "5m", "Default keep-alive of a loaded model; negative = forever.", "OLLAMA_KEEP_ALIVE"),
+    Var("CORRAL_CONTEXT_LENGTH", "0", "Default num_ctx; 0 = chosen from device memory.", "OLLAMA_CONTEXT_LENGTH"),
+    Var("CORRAL_NUM_PARALLEL", "1", "Parallel sequences per loaded model.", "OLLAMA_NUM_PARALLEL"),
+    Var("CORRAL_MAX_LOADED_MODELS", "0", "Models loaded at once; 0 = 3 per GPU (3 on CPU).", "OLLAMA_MAX_LOADED_MODELS"),
+    Var("CORRAL_MAX_QUEUE", "512", "Requests waiting in the scheduler before 503.", "OLLAMA_MAX_QUEUE"),
+    Var("CORRAL_LOAD_TIMEOUT", "5m", "Give up on a model load after this long.", "OLLAMA_LOAD_TIMEOUT"),
+    Var("CORRAL_NUM_THREAD", "0", "Threads per model instance; 0 = physical cores."),
+    Var("CORRAL_FLASH_ATTENTION", "", "Force flash attention on (1) or off (0); empty = auto.", "OLLAMA_FLASH_ATTENTION"),
+    Var("CORRAL_KV_CACHE_TYPE", "f16", "KV cache type: f16, q8_0 or q4_0.", "OLLAMA_KV_CACHE_TYPE"),
+    Var("CORRAL_DEBUG", "", "1 = debug logging.", "OLLAMA_DEBUG"),
+    Var("CORRAL_REGISTRY_ADDR", "127.0.0.1:50061", "gRPC address of the registry (listen and connect)."),
+    Var("CORRAL_SCHEDULER_ADDR", "127.0.0.1:50062", "gRPC address of the scheduler (listen and connect)."),
+    Var("CORRAL_RUNNER_ADDR", "127.0.0.1:50063", "gRPC address a runner listens on."),
+    Var("CORRAL_RUNNER_ADVERTISE_ADDR", "", "Address the scheduler uses to reach this runner; empty = CORRAL_RUNNER_ADDR."),
+    Var("CORRAL_RUNNER_DEVICE", "cpu", "Device a runner drives: cpu or cuda:N."),
+    Var("CORRAL_RUNNER_ID", "", "Stable runner id; empty = derived from host and device."),
+    Var("CORRAL_HEARTBEAT_INTERVAL", "2s", "How often runners send heartbeats."),
+    Var("CORRAL_RUNNER_TIMEOUT", "10s", "A runner silent for this long is considered gone."),
+    Var("CORRAL_RUNTIME_DIR", "", "Where `corral serve` puts its Unix sockets; empty = a fresh temporary directory."),
+)
+
+_BY_NAME = {v.name: v for v in VARS}
+
+
+def raw(name: str, env: dict[str, str] | None = None) -> str:
+    """The value of a variable: CORRAL_ name, then its alias, then its default.
+
+    Surrounding whitespace and quotes are trimmed, as Ollama does.
+    """
+    env = os.environ if env is None else env
+    var = _BY_NAME[name]
+    for key in (var.name, var.alias):
+        if key and env.get(key, "").strip():
+            return env[key].strip().strip("\"'")
+    return var.default
+
+
+def _int(name: str, env: dict[str, str] | None) -> int:
+    value = raw(name, env)
+    try:
+        return int(value)
+    except ValueError as exc:
+        raise ValueError(f"{name} must be an integer, got {value!r}") from exc
+
+
+def _bool_or_none(value: str) -> bool | None:
+    if not value:
+        return None
+    return value.lower() not in {"0", "false", "no", "off"}
+
+
+def parse_host(value: str) -> tuple[str, int]:
+    """Parse OLLAMA_HOST-style values: "host", "host:port", "http://host:port", ":port"."""
+    value = value.strip()
+    scheme_port = 11434
+    for scheme, port in (("http://", 80), ("https://", 443)):
+        if value.startswith(scheme):
+            value, scheme_port = value[len(scheme) :], port
+    value = value.split("/", 1)[0]
+    host, port = value, 11434
+    if value.startswith("["):  # [::1]:port
+        host, _, rest = value[1:].partition("]")
+        port = int(rest[1:]) if rest.startswith(":") and rest[1:].isdigit() else 11434
+    elif value.count(":") == 1:
+        host, _, p = value.partition(":")
+        port = int(p) if p.isdigit() else 11434
+    elif value and scheme_port != 11434:
+        port = scheme_port
+    return host or "127.0.0.1", port
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str
+    port: int
+    models_dir: Path
+    keep_alive_seconds: float
+    context_length: int
+    num_parallel: int
+    max_loaded_models: int
+    max_queue: int
+    load_timeout_seconds: float
+    num_thread: int
+    flash_attention: bool | None
+    kv_cache_type: str
+    debug: bool
+    registry_addr: str
+    scheduler_addr: str
+    runner_addr: str
+    runner_advertise_addr: str
+    runner_device: str
+    runner_id: str
+    heartbeat_interval_seconds: float
+    runner_timeout_seconds: float
+    runtime_dir: str
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
+        host, port = parse_host(raw("CORRAL_HOST", env))
+        runner_addr = raw("CORRAL_RUNNER_ADDR", env)
+        return cls(
+            host=host,
+            port=port,
+            models_dir=Path(raw("CORRAL_MODELS", env)).expanduser(),
+            keep_alive_seconds=parse_keep_alive(raw("CORRAL_KEEP_ALIVE", env), env_style=True),
+            context_length=_int("CORRAL_CONTEXT_LENGTH", env),
+            num_parallel=max(1, _int("CORRAL_NUM_PARALLEL", env)),
+            max_loaded_models=_int("CORRAL_MAX_LOADED_MODELS", env),
+            max_queue=_int("CORRAL_MAX_QUEUE", env),
+            load_timeout_seconds=parse_keep_alive(raw("CORRAL_LOAD_TIMEOUT", env), env_style=True),
+            num_thread=_int("CORRAL_NUM_THREAD", env),
+            flash_attention=_bool_or_none(raw("CORRAL_FLASH_ATTENTION", env)),
+            kv_cache_type=raw("CORRAL_KV_CACHE_TYPE", env),
+            debug=bool(_bool_or_none(raw("CORRAL_DEBUG", env))),
+            registry_addr=raw("CORRAL_REGISTRY_ADDR", env),
+            scheduler_addr=raw("CORRAL_SCHEDULER_ADDR", env),
+            runner_addr=runner_addr,
+            runner_advertise_addr=raw("CORRAL_RUNNER_ADVERTISE_ADDR", env) or runner_addr,
+            runner_device=raw("CORRAL_RUNNER_DEVICE", env),
+            runner_id=raw("CORRAL_RUNNER_ID", env),
+            heartbeat_interval_seconds=parse_keep_alive(raw("CORRAL_HEARTBEAT_INTERVAL", env), env_style=True),
+            runner_timeout_seconds=parse_keep_alive(raw("CORRAL_RUNNER_TIMEOUT", env), env_style=True),
+            runtime_dir=raw("CORRAL_RUNTIME_DIR", env),
+        )

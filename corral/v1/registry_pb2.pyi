@@ -1,0 +1,156 @@
+import datetime
+
+from corral.v1 import scheduler_pb2 as _scheduler_pb2
+from google.protobuf import struct_pb2 as _struct_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ResolveModelRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class Layer(_message.Message):
+    __slots__ = ("media_type", "digest", "size_bytes")
+    MEDIA_TYPE_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    FROM_FIELD_NUMBER: _ClassVar[int]
+    media_type: str
+    digest: str
+    size_bytes: int
+    def __init__(self, media_type: _Optional[str] = ..., digest: _Optional[str] = ..., size_bytes: _Optional[int] = ..., **kwargs) -> None: ...
+
+class Model(_message.Message):
+    __slots__ = ("name", "full_name", "manifest_digest", "size_bytes", "modified_at", "details", "layers", "model_digest", "model_path", "template", "system", "parameters", "gguf_chat_template", "context_length_train", "capabilities")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    FULL_NAME_FIELD_NUMBER: _ClassVar[int]
+    MANIFEST_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MODIFIED_AT_FIELD_NUMBER: _ClassVar[int]
+    DETAILS_FIELD_NUMBER: _ClassVar[int]
+    LAYERS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    MODEL_PATH_FIELD_NUMBER: _ClassVar[int]
+    TEMPLATE_FIELD_NUMBER: _ClassVar[int]
+    SYSTEM_FIELD_NUMBER: _ClassVar[int]
+    PARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    GGUF_CHAT_TEMPLATE_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_LENGTH_TRAIN_FIELD_NUMBER: _ClassVar[int]
+    CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    full_name: str
+    manifest_digest: str
+    size_bytes: int
+    modified_at: _timestamp_pb2.Timestamp
+    details: _scheduler_pb2.ModelDetails
+    layers: _containers.RepeatedCompositeFieldContainer[Layer]
+    model_digest: str
+    model_path: str
+    template: str
+    system: str
+    parameters: _struct_pb2.Struct
+    gguf_chat_template: str
+    context_length_train: int
+    capabilities: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., full_name: _Optional[str] = ..., manifest_digest: _Optional[str] = ..., size_bytes: _Optional[int] = ..., modified_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., details: _Optional[_Union[_scheduler_pb2.ModelDetails, _Mapping]] = ..., layers: _Optional[_Iterable[_Union[Layer, _Mapping]]] = ..., model_digest: _Optional[str] = ..., model_path: _Optional[str] = ..., template: _Optional[str] = ..., system: _Optional[str] = ..., parameters: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., gguf_chat_template: _Optional[str] = ..., context_length_train: _Optional[int] = ..., capabilities: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ResolveModelResponse(_message.Message):
+    __slots__ = ("model",)
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: Model
+    def __init__(self, model: _Optional[_Union[Model, _Mapping]] = ...) -> None: ...
+
+class ListModelsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListModelsResponse(_message.Message):
+    __slots__ = ("models",)
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    models: _containers.RepeatedCompositeFieldContainer[Model]
+    def __init__(self, models: _Optional[_Iterable[_Union[Model, _Mapping]]] = ...) -> None: ...
+
+class CreateModelRequest(_message.Message):
+    __slots__ = ("name", "files", "adapters", "template", "system", "parameters", "license", "quantize")
+    class FilesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class AdaptersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    FROM_FIELD_NUMBER: _ClassVar[int]
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    ADAPTERS_FIELD_NUMBER: _ClassVar[int]
+    TEMPLATE_FIELD_NUMBER: _ClassVar[int]
+    SYSTEM_FIELD_NUMBER: _ClassVar[int]
+    PARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    LICENSE_FIELD_NUMBER: _ClassVar[int]
+    QUANTIZE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    files: _containers.ScalarMap[str, str]
+    adapters: _containers.ScalarMap[str, str]
+    template: str
+    system: str
+    parameters: _struct_pb2.Struct
+    license: _containers.RepeatedScalarFieldContainer[str]
+    quantize: str
+    def __init__(self, name: _Optional[str] = ..., files: _Optional[_Mapping[str, str]] = ..., adapters: _Optional[_Mapping[str, str]] = ..., template: _Optional[str] = ..., system: _Optional[str] = ..., parameters: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., license: _Optional[_Iterable[str]] = ..., quantize: _Optional[str] = ..., **kwargs) -> None: ...
+
+class CreateModelResponse(_message.Message):
+    __slots__ = ("status", "digest", "total", "completed")
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    COMPLETED_FIELD_NUMBER: _ClassVar[int]
+    status: str
+    digest: str
+    total: int
+    completed: int
+    def __init__(self, status: _Optional[str] = ..., digest: _Optional[str] = ..., total: _Optional[int] = ..., completed: _Optional[int] = ...) -> None: ...
+
+class StatBlobRequest(_message.Message):
+    __slots__ = ("digest",)
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    digest: str
+    def __init__(self, digest: _Optional[str] = ...) -> None: ...
+
+class StatBlobResponse(_message.Message):
+    __slots__ = ("exists", "size_bytes")
+    EXISTS_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    exists: bool
+    size_bytes: int
+    def __init__(self, exists: _Optional[bool] = ..., size_bytes: _Optional[int] = ...) -> None: ...
+
+class UploadBlobRequest(_message.Message):
+    __slots__ = ("digest", "chunk")
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    digest: str
+    chunk: bytes
+    def __init__(self, digest: _Optional[str] = ..., chunk: _Optional[bytes] = ...) -> None: ...
+
+class UploadBlobResponse(_message.Message):
+    __slots__ = ("created", "size_bytes")
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    created: bool
+    size_bytes: int
+    def __init__(self, created: _Optional[bool] = ..., size_bytes: _Optional[int] = ...) -> None: ...

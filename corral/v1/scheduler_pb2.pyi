@@ -1,0 +1,159 @@
+import datetime
+
+from corral.v1 import common_pb2 as _common_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class RegisterRunnerRequest(_message.Message):
+    __slots__ = ("runner_id", "address", "device")
+    RUNNER_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    runner_id: str
+    address: str
+    device: _common_pb2.Device
+    def __init__(self, runner_id: _Optional[str] = ..., address: _Optional[str] = ..., device: _Optional[_Union[_common_pb2.Device, _Mapping]] = ...) -> None: ...
+
+class RegisterRunnerResponse(_message.Message):
+    __slots__ = ("heartbeat_interval_ms",)
+    HEARTBEAT_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
+    heartbeat_interval_ms: int
+    def __init__(self, heartbeat_interval_ms: _Optional[int] = ...) -> None: ...
+
+class HeartbeatRequest(_message.Message):
+    __slots__ = ("runner_id", "device", "instance_ids")
+    RUNNER_ID_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    INSTANCE_IDS_FIELD_NUMBER: _ClassVar[int]
+    runner_id: str
+    device: _common_pb2.Device
+    instance_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, runner_id: _Optional[str] = ..., device: _Optional[_Union[_common_pb2.Device, _Mapping]] = ..., instance_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class HeartbeatResponse(_message.Message):
+    __slots__ = ("known",)
+    KNOWN_FIELD_NUMBER: _ClassVar[int]
+    known: bool
+    def __init__(self, known: _Optional[bool] = ...) -> None: ...
+
+class ModelSpec(_message.Message):
+    __slots__ = ("name", "manifest_digest", "model_digest", "model_path", "model_size_bytes", "details", "context_length_train")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MANIFEST_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    MODEL_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    MODEL_PATH_FIELD_NUMBER: _ClassVar[int]
+    MODEL_SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DETAILS_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_LENGTH_TRAIN_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    manifest_digest: str
+    model_digest: str
+    model_path: str
+    model_size_bytes: int
+    details: ModelDetails
+    context_length_train: int
+    def __init__(self, name: _Optional[str] = ..., manifest_digest: _Optional[str] = ..., model_digest: _Optional[str] = ..., model_path: _Optional[str] = ..., model_size_bytes: _Optional[int] = ..., details: _Optional[_Union[ModelDetails, _Mapping]] = ..., context_length_train: _Optional[int] = ...) -> None: ...
+
+class ModelDetails(_message.Message):
+    __slots__ = ("parent_model", "format", "family", "families", "parameter_size", "quantization_level")
+    PARENT_MODEL_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    FAMILY_FIELD_NUMBER: _ClassVar[int]
+    FAMILIES_FIELD_NUMBER: _ClassVar[int]
+    PARAMETER_SIZE_FIELD_NUMBER: _ClassVar[int]
+    QUANTIZATION_LEVEL_FIELD_NUMBER: _ClassVar[int]
+    parent_model: str
+    format: str
+    family: str
+    families: _containers.RepeatedScalarFieldContainer[str]
+    parameter_size: str
+    quantization_level: str
+    def __init__(self, parent_model: _Optional[str] = ..., format: _Optional[str] = ..., family: _Optional[str] = ..., families: _Optional[_Iterable[str]] = ..., parameter_size: _Optional[str] = ..., quantization_level: _Optional[str] = ...) -> None: ...
+
+class AcquireModelRequest(_message.Message):
+    __slots__ = ("model", "options", "keep_alive_seconds", "request_id")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    KEEP_ALIVE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    model: ModelSpec
+    options: _common_pb2.LoadOptions
+    keep_alive_seconds: float
+    request_id: str
+    def __init__(self, model: _Optional[_Union[ModelSpec, _Mapping]] = ..., options: _Optional[_Union[_common_pb2.LoadOptions, _Mapping]] = ..., keep_alive_seconds: _Optional[float] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class AcquireModelResponse(_message.Message):
+    __slots__ = ("lease_id", "runner_address", "instance_id", "load_duration_ns", "context_length")
+    LEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    RUNNER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
+    LOAD_DURATION_NS_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    lease_id: str
+    runner_address: str
+    instance_id: str
+    load_duration_ns: int
+    context_length: int
+    def __init__(self, lease_id: _Optional[str] = ..., runner_address: _Optional[str] = ..., instance_id: _Optional[str] = ..., load_duration_ns: _Optional[int] = ..., context_length: _Optional[int] = ...) -> None: ...
+
+class ReleaseModelRequest(_message.Message):
+    __slots__ = ("lease_id", "runner_failed")
+    LEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    RUNNER_FAILED_FIELD_NUMBER: _ClassVar[int]
+    lease_id: str
+    runner_failed: bool
+    def __init__(self, lease_id: _Optional[str] = ..., runner_failed: _Optional[bool] = ...) -> None: ...
+
+class ReleaseModelResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class SchedulerUnloadModelRequest(_message.Message):
+    __slots__ = ("manifest_digest",)
+    MANIFEST_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    manifest_digest: str
+    def __init__(self, manifest_digest: _Optional[str] = ...) -> None: ...
+
+class SchedulerUnloadModelResponse(_message.Message):
+    __slots__ = ("unloading",)
+    UNLOADING_FIELD_NUMBER: _ClassVar[int]
+    unloading: bool
+    def __init__(self, unloading: _Optional[bool] = ...) -> None: ...
+
+class ListLoadedModelsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class LoadedModel(_message.Message):
+    __slots__ = ("name", "manifest_digest", "details", "size_bytes", "size_vram_bytes", "expires_at", "context_length", "runner_id", "active_leases")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MANIFEST_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    DETAILS_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SIZE_VRAM_BYTES_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    RUNNER_ID_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_LEASES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    manifest_digest: str
+    details: ModelDetails
+    size_bytes: int
+    size_vram_bytes: int
+    expires_at: _timestamp_pb2.Timestamp
+    context_length: int
+    runner_id: str
+    active_leases: int
+    def __init__(self, name: _Optional[str] = ..., manifest_digest: _Optional[str] = ..., details: _Optional[_Union[ModelDetails, _Mapping]] = ..., size_bytes: _Optional[int] = ..., size_vram_bytes: _Optional[int] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., context_length: _Optional[int] = ..., runner_id: _Optional[str] = ..., active_leases: _Optional[int] = ...) -> None: ...
+
+class ListLoadedModelsResponse(_message.Message):
+    __slots__ = ("models",)
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    models: _containers.RepeatedCompositeFieldContainer[LoadedModel]
+    def __init__(self, models: _Optional[_Iterable[_Union[LoadedModel, _Mapping]]] = ...) -> None: ...
