@@ -8,6 +8,7 @@ tests/test_config.py keeps the two in step.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,17 +29,26 @@ VARS: tuple[Var, ...] = (
     Var("CORRAL_KEEP_ALIVE", "5m", "Default keep-alive of a loaded model; negative = forever.", "OLLAMA_KEEP_ALIVE"),
     Var("CORRAL_CONTEXT_LENGTH", "0", "Default num_ctx; 0 = chosen from device memory.", "OLLAMA_CONTEXT_LENGTH"),
     Var("CORRAL_NUM_PARALLEL", "1", "Parallel sequences per loaded model.", "OLLAMA_NUM_PARALLEL"),
-    Var("CORRAL_MAX_LOADED_MODELS", "0", "Models loaded at once; 0 = 3 per GPU (3 on CPU).", "OLLAMA_MAX_LOADED_MODELS"),
+    Var(
+        "CORRAL_MAX_LOADED_MODELS", "0", "Models loaded at once; 0 = 3 per GPU (3 on CPU).", "OLLAMA_MAX_LOADED_MODELS"
+    ),
     Var("CORRAL_MAX_QUEUE", "512", "Requests waiting in the scheduler before 503.", "OLLAMA_MAX_QUEUE"),
     Var("CORRAL_LOAD_TIMEOUT", "5m", "Give up on a model load after this long.", "OLLAMA_LOAD_TIMEOUT"),
     Var("CORRAL_NUM_THREAD", "0", "Threads per model instance; 0 = physical cores."),
-    Var("CORRAL_FLASH_ATTENTION", "", "Force flash attention on (1) or off (0); empty = auto.", "OLLAMA_FLASH_ATTENTION"),
+    Var(
+        "CORRAL_FLASH_ATTENTION", "", "Force flash attention on (1) or off (0); empty = auto.", "OLLAMA_FLASH_ATTENTION"
+    ),
     Var("CORRAL_KV_CACHE_TYPE", "f16", "KV cache type: f16, q8_0 or q4_0.", "OLLAMA_KV_CACHE_TYPE"),
     Var("CORRAL_DEBUG", "", "1 = debug logging.", "OLLAMA_DEBUG"),
     Var("CORRAL_REGISTRY_ADDR", "127.0.0.1:50061", "gRPC address of the registry (listen and connect)."),
     Var("CORRAL_SCHEDULER_ADDR", "127.0.0.1:50062", "gRPC address of the scheduler (listen and connect)."),
+    Var("CORRAL_GATEWAY_HEALTH_ADDR", "127.0.0.1:50060", "gRPC health endpoint of the gateway."),
     Var("CORRAL_RUNNER_ADDR", "127.0.0.1:50063", "gRPC address a runner listens on."),
-    Var("CORRAL_RUNNER_ADVERTISE_ADDR", "", "Address the scheduler uses to reach this runner; empty = CORRAL_RUNNER_ADDR."),
+    Var(
+        "CORRAL_RUNNER_ADVERTISE_ADDR",
+        "",
+        "Address the scheduler uses to reach this runner; empty = CORRAL_RUNNER_ADDR.",
+    ),
     Var("CORRAL_RUNNER_DEVICE", "cpu", "Device a runner drives: cpu or cuda:N."),
     Var("CORRAL_RUNNER_ID", "", "Stable runner id; empty = derived from host and device."),
     Var("CORRAL_HEARTBEAT_INTERVAL", "2s", "How often runners send heartbeats."),
@@ -54,11 +64,11 @@ def raw(name: str, env: dict[str, str] | None = None) -> str:
 
     Surrounding whitespace and quotes are trimmed, as Ollama does.
     """
-    env = os.environ if env is None else env
+    source: Mapping[str, str] = os.environ if env is None else env
     var = _BY_NAME[name]
     for key in (var.name, var.alias):
-        if key and env.get(key, "").strip():
-            return env[key].strip().strip("\"'")
+        if key and source.get(key, "").strip():
+            return source[key].strip().strip("\"'")
     return var.default
 
 
@@ -112,6 +122,7 @@ class Settings:
     kv_cache_type: str
     debug: bool
     registry_addr: str
+    gateway_health_addr: str
     scheduler_addr: str
     runner_addr: str
     runner_advertise_addr: str
@@ -140,6 +151,7 @@ class Settings:
             kv_cache_type=raw("CORRAL_KV_CACHE_TYPE", env),
             debug=bool(_bool_or_none(raw("CORRAL_DEBUG", env))),
             registry_addr=raw("CORRAL_REGISTRY_ADDR", env),
+            gateway_health_addr=raw("CORRAL_GATEWAY_HEALTH_ADDR", env),
             scheduler_addr=raw("CORRAL_SCHEDULER_ADDR", env),
             runner_addr=runner_addr,
             runner_advertise_addr=raw("CORRAL_RUNNER_ADVERTISE_ADDR", env) or runner_addr,

@@ -50,10 +50,7 @@ def parse_keep_alive(value: object, *, env_style: bool = False) -> float:
     if isinstance(value, int | float):
         seconds = float(value)
     elif isinstance(value, str):
-        if env_style and re.fullmatch(r"[+-]?\d+", value.strip()):
-            seconds = float(value)
-        else:
-            seconds = parse_go_duration(value)
+        seconds = float(value) if env_style and re.fullmatch(r"[+-]?\d+", value.strip()) else parse_go_duration(value)
     else:
         raise ValueError(f"Unsupported type: '{type(value).__name__}'")
     return FOREVER if seconds < 0 else seconds

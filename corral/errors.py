@@ -39,7 +39,7 @@ _PREFIX = "ERROR_REASON_"
 
 
 def reason_name(reason: int) -> str:
-    """"MODEL_NOT_FOUND" for ERROR_REASON_MODEL_NOT_FOUND."""
+    """ "MODEL_NOT_FOUND" for ERROR_REASON_MODEL_NOT_FOUND."""
     return common_pb2.ErrorReason.Name(reason).removeprefix(_PREFIX)  # type: ignore[arg-type]
 
 

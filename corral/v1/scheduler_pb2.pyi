@@ -115,10 +115,10 @@ class ReleaseModelResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class SchedulerUnloadModelRequest(_message.Message):
-    __slots__ = ("manifest_digest",)
-    MANIFEST_DIGEST_FIELD_NUMBER: _ClassVar[int]
-    manifest_digest: str
-    def __init__(self, manifest_digest: _Optional[str] = ...) -> None: ...
+    __slots__ = ("model_digest",)
+    MODEL_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    model_digest: str
+    def __init__(self, model_digest: _Optional[str] = ...) -> None: ...
 
 class SchedulerUnloadModelResponse(_message.Message):
     __slots__ = ("unloading",)

@@ -1,0 +1,173 @@
+"""`corral serve`: the whole stack as supervised child processes.
+
+Internal gRPC traffic goes over Unix sockets in a fresh runtime directory, so two
+stacks with different CORRAL_HOST / CORRAL_MODELS never collide. A child that
+dies is restarted with backoff; SIGTERM/SIGINT stops every child, and children
+get SIGTERM from the kernel if the supervisor itself is killed (no orphans).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+
+from corral.config import Settings
+from corral.logs import fields
+
+log = logging.getLogger("corral.supervisor")
+
+_PR_SET_PDEATHSIG = 1
+MAX_BACKOFF = 30.0
+STABLE_AFTER = 60.0  # a child up this long has its backoff reset
+STOP_GRACE = 10.0
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: ask the kernel for SIGTERM when the parent dies."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass  # not Linux: best effort
+
+
+@dataclass
+class Child:
+    name: str
+    service: str
+    env: dict[str, str]
+    proc: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0
+    backoff: float = 1.0
+    restart_at: float = 0.0
+    restarts: int = field(default=0)
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "corral", self.service],
+            env=self.env,
+            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+        )
+        self.started_at = time.monotonic()
+        log.info("started", extra=fields(child=self.name, pid=self.proc.pid))
+
+
+def plan(settings: Settings, runtime_dir: Path, base_env: dict[str, str]) -> list[Child]:
+    """The children to run and their environment (pure: easy to test)."""
+    sock = {name: f"unix:{runtime_dir / (name + '.sock')}" for name in ("registry", "scheduler", "gateway")}
+    env = dict(base_env)
+    env.update(
+        CORRAL_MODELS=str(settings.models_dir),
+        CORRAL_HOST=f"{settings.host}:{settings.port}",
+        CORRAL_REGISTRY_ADDR=sock["registry"],
+        CORRAL_SCHEDULER_ADDR=sock["scheduler"],
+        CORRAL_GATEWAY_HEALTH_ADDR=sock["gateway"],
+    )
+    children = [Child("registry", "registry", env), Child("scheduler", "scheduler", env)]
+    for device in runner_devices():
+        tag = device.replace(":", "")
+        addr = f"unix:{runtime_dir / f'runner-{tag}.sock'}"
+        runner_env = dict(env, CORRAL_RUNNER_ADDR=addr, CORRAL_RUNNER_ADVERTISE_ADDR=addr, CORRAL_RUNNER_DEVICE=device)
+        children.append(Child(f"runner-{tag}", "runner", runner_env))
+    children.append(Child("gateway", "gateway", env))
+    return children
+
+
+def runner_devices() -> list[str]:
+    """One runner per NVIDIA GPU, or one CPU runner when there is none."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            count = pynvml.nvmlDeviceGetCount()
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # no driver, no library: CPU only
+        count = 0
+    return [f"cuda:{i}" for i in range(count)] or ["cpu"]
+
+
+class Supervisor:
+    def __init__(self, children: list[Child]) -> None:
+        self.children = children
+        self.stopping = False
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self.stopping = True
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        for child in self.children:
+            child.start()
+        while not self.stopping:
+            self._tick()
+            time.sleep(0.2)
+        self._stop_all()
+        return 0
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        for child in self.children:
+            if child.proc is None:
+                if now >= child.restart_at:
+                    child.restarts += 1
+                    log.warning("restarting", extra=fields(child=child.name, restarts=child.restarts))
+                    child.start()
+                continue
+            code = child.proc.poll()
+            if code is None:
+                continue
+            if now - child.started_at > STABLE_AFTER:
+                child.backoff = 1.0
+            log.error("exited", extra=fields(child=child.name, code=code, restart_in=child.backoff))
+            child.proc = None
+            child.restart_at = now + child.backoff
+            child.backoff = min(child.backoff * 2, MAX_BACKOFF)
+
+    def _stop_all(self) -> None:
+        log.info("stopping")
+        # Gateway first so no new work arrives, then the rest.
+        for child in reversed(self.children):
+            if child.proc and child.proc.poll() is None:
+                child.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE
+        for child in self.children:
+            if child.proc is None:
+                continue
+            try:
+                child.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("killing", extra=fields(child=child.name))
+                child.proc.kill()
+                child.proc.wait()
+
+
+def serve(settings: Settings) -> int:
+    settings.models_dir.mkdir(parents=True, exist_ok=True)
+    owned = not settings.runtime_dir
+    runtime_dir = Path(settings.runtime_dir or tempfile.mkdtemp(prefix="corral-"))
+    runtime_dir.mkdir(parents=True, exist_ok=True)
+    children = plan(settings, runtime_dir, dict(os.environ))
+    log.info(
+        "corral serve",
+        extra=fields(
+            host=f"{settings.host}:{settings.port}", models=str(settings.models_dir), runtime=str(runtime_dir)
+        ),
+    )
+    try:
+        return Supervisor(children).run()
+    finally:
+        if owned:
+            shutil.rmtree(runtime_dir, ignore_errors=True)

@@ -1,0 +1,38 @@
+"""gRPC stubs for the services behind the gateway: one channel each, reused."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import grpc
+
+from corral.grpc_server import channel
+from corral.v1 import registry_pb2_grpc, runner_pb2_grpc, scheduler_pb2_grpc
+
+
+@dataclass
+class Backends:
+    registry_addr: str
+    scheduler_addr: str
+    _channels: dict[str, grpc.aio.Channel] = field(default_factory=dict)
+
+    def _channel(self, address: str) -> grpc.aio.Channel:
+        if address not in self._channels:
+            self._channels[address] = channel(address)
+        return self._channels[address]
+
+    @property
+    def registry(self) -> registry_pb2_grpc.RegistryServiceStub:
+        return registry_pb2_grpc.RegistryServiceStub(self._channel(self.registry_addr))
+
+    @property
+    def scheduler(self) -> scheduler_pb2_grpc.SchedulerServiceStub:
+        return scheduler_pb2_grpc.SchedulerServiceStub(self._channel(self.scheduler_addr))
+
+    def runner(self, address: str) -> runner_pb2_grpc.RunnerServiceStub:
+        return runner_pb2_grpc.RunnerServiceStub(self._channel(address))
+
+    async def close(self) -> None:
+        for ch in self._channels.values():
+            await ch.close()
+        self._channels.clear()

@@ -1,0 +1,79 @@
+"""The one place where service errors become HTTP responses in Ollama's shape.
+
+Every error body is `{"error": "<message>"}` plus a stable machine-readable
+`code` (the ErrorReason name, lower-cased) that Ollama lacks.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+from corral.errors import CorralError, from_rpc_error
+from corral.v1 import common_pb2
+
+_HTTP_BY_REASON: dict[int, int] = {
+    common_pb2.ERROR_REASON_MODEL_NOT_FOUND: 404,
+    common_pb2.ERROR_REASON_BLOB_NOT_FOUND: 404,
+    common_pb2.ERROR_REASON_QUEUE_FULL: 503,
+    common_pb2.ERROR_REASON_NO_RUNNER: 503,
+    common_pb2.ERROR_REASON_LOAD_FAILED: 500,
+    common_pb2.ERROR_REASON_RUNNER_FAILED: 500,
+    common_pb2.ERROR_REASON_DIGEST_MISMATCH: 400,
+}
+_HTTP_BY_CODE: dict[grpc.StatusCode, int] = {
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.FAILED_PRECONDITION: 400,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 503,
+    grpc.StatusCode.CANCELLED: 499,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+}
+RUNNER_STOPPED = (
+    "model runner has unexpectedly stopped, this may be due to resource limitations or an internal error, "
+    "check corral server logs for details"
+)
+
+
+class HTTPError(Exception):
+    """An error that already has its HTTP status and Ollama message."""
+
+    def __init__(self, status: int, message: str, code: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code
+
+    def body(self) -> dict[str, str]:
+        out = {"error": self.message}
+        if self.code:
+            out["code"] = self.code
+        return out
+
+
+def bad_request(message: str, code: str = "invalid_request") -> HTTPError:
+    return HTTPError(400, message, code)
+
+
+def model_not_found(name: str) -> HTTPError:
+    return HTTPError(404, f"model '{name}' not found", "model_not_found")
+
+
+def from_corral(err: CorralError, model: str = "") -> HTTPError:
+    if err.reason == common_pb2.ERROR_REASON_MODEL_NOT_FOUND and model:
+        return model_not_found(model)
+    status = _HTTP_BY_REASON.get(err.reason) or _HTTP_BY_CODE.get(err.code, 500)
+    message = err.message
+    if err.reason == common_pb2.ERROR_REASON_RUNNER_FAILED:
+        message = RUNNER_STOPPED
+    code = err.reason_name.lower() if err.reason else err.code.name.lower()
+    return HTTPError(status, message, code)
+
+
+def from_rpc(err: grpc.RpcError, model: str = "") -> HTTPError:
+    return from_corral(from_rpc_error(err), model)

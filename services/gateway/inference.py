@@ -1,0 +1,127 @@
+"""The path every generation takes: registry → scheduler lease → runner stream → release."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import grpc
+
+from corral.errors import CorralError, from_rpc_error
+from corral.v1 import common_pb2, registry_pb2, runner_pb2, scheduler_pb2
+from services.gateway import errors
+from services.gateway.backends import Backends
+
+log = logging.getLogger(__name__)
+
+
+async def resolve(backends: Backends, name: str) -> registry_pb2.Model:
+    try:
+        resp = await backends.registry.ResolveModel(registry_pb2.ResolveModelRequest(name=name), timeout=30)
+    except grpc.RpcError as err:
+        raise errors.from_rpc(err, name) from err
+    return resp.model
+
+
+def model_spec(model: registry_pb2.Model) -> scheduler_pb2.ModelSpec:
+    return scheduler_pb2.ModelSpec(
+        name=model.name,
+        manifest_digest=model.manifest_digest,
+        model_digest=model.model_digest,
+        model_path=model.model_path,
+        model_size_bytes=next((layer.size_bytes for layer in model.layers if layer.digest == model.model_digest), 0),
+        details=model.details,
+        context_length_train=model.context_length_train,
+    )
+
+
+@dataclass
+class Lease:
+    id: str
+    runner_address: str
+    instance_id: str
+    load_duration_ns: int
+
+
+async def acquire(
+    backends: Backends,
+    model: registry_pb2.Model,
+    load: common_pb2.LoadOptions,
+    keep_alive: float | None,
+    request_id: str,
+) -> Lease:
+    req = scheduler_pb2.AcquireModelRequest(model=model_spec(model), options=load, request_id=request_id)
+    if keep_alive is not None:
+        req.keep_alive_seconds = -1.0 if keep_alive == float("inf") else keep_alive
+    try:
+        resp = await backends.scheduler.AcquireModel(req)
+    except grpc.RpcError as err:
+        raise errors.from_rpc(err, model.name) from err
+    return Lease(resp.lease_id, resp.runner_address, resp.instance_id, resp.load_duration_ns)
+
+
+async def release(backends: Backends, lease: Lease, runner_failed: bool = False) -> None:
+    with contextlib.suppress(grpc.RpcError):
+        await backends.scheduler.ReleaseModel(
+            scheduler_pb2.ReleaseModelRequest(lease_id=lease.id, runner_failed=runner_failed), timeout=30
+        )
+
+
+async def unload(backends: Backends, model: registry_pb2.Model) -> None:
+    try:
+        await backends.scheduler.UnloadModel(
+            scheduler_pb2.SchedulerUnloadModelRequest(model_digest=model.model_digest), timeout=30
+        )
+    except grpc.RpcError as err:
+        raise errors.from_rpc(err, model.name) from err
+
+
+@dataclass
+class Chunk:
+    """One runner chunk, plus the lease's load time on the first one."""
+
+    response: runner_pb2.GenerateResponse
+    load_duration_ns: int
+
+
+def _runner_failed(err: CorralError) -> bool:
+    return err.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNKNOWN) or (
+        err.reason in (common_pb2.ERROR_REASON_RUNNER_FAILED, common_pb2.ERROR_REASON_INSTANCE_NOT_FOUND)
+    )
+
+
+async def generate(
+    backends: Backends,
+    model: registry_pb2.Model,
+    request: runner_pb2.GenerateRequest,
+    load: common_pb2.LoadOptions,
+    keep_alive: float | None,
+) -> AsyncIterator[Chunk]:
+    """Stream a generation. A runner that dies before the first token is retried once on
+    whatever runner the scheduler picks next; closing the iterator cancels the runner call."""
+    request_id = request.request_id or uuid.uuid4().hex
+    request.request_id = request_id
+    for attempt in (1, 2):
+        lease = await acquire(backends, model, load, keep_alive, request_id)
+        request.instance_id = lease.instance_id
+        call = backends.runner(lease.runner_address).Generate(request)
+        started = False
+        failed = False
+        try:
+            async for resp in call:
+                yield Chunk(resp, lease.load_duration_ns if not started else 0)
+                started = True
+            return
+        except grpc.RpcError as rpc_err:
+            err = from_rpc_error(rpc_err)
+            failed = _runner_failed(err)
+            if failed and not started and attempt == 1:
+                log.warning("runner failed before the first token; retrying", extra={"fields": {"id": request_id}})
+                continue
+            raise errors.from_corral(err, model.name) from rpc_err
+        finally:
+            call.cancel()
+            await release(backends, lease, runner_failed=failed)

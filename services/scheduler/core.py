@@ -1,0 +1,356 @@
+"""The scheduler core: leases on loaded instances, loads, keep-alive, eviction.
+
+Decisions come from placement.py; this module holds the state, waits in a
+bounded queue, and performs the runner I/O outside the state lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+import uuid
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from corral.errors import CorralError
+from corral.logs import fields
+from corral.v1 import common_pb2, runner_pb2, scheduler_pb2
+from services.scheduler import placement
+from services.scheduler.inventory import Device, Instance, Inventory, LoadKey, Runner, State
+from services.scheduler.runners import RunnerClient
+
+log = logging.getLogger(__name__)
+
+QUEUE_FULL_MESSAGE = "server busy, please try again.  maximum pending requests exceeded"
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    keep_alive: float = 300.0
+    context_length: int = 0
+    num_parallel: int = 1
+    max_loaded_models: int = 0
+    max_queue: int = 512
+    load_timeout: float = 300.0
+    runner_timeout: float = 10.0
+    heartbeat_interval: float = 2.0
+    kv_cache_type: str = "f16"
+    flash_attention: bool | None = None
+
+
+@dataclass(frozen=True)
+class Lease:
+    id: str
+    runner_address: str
+    instance_id: str
+    load_duration_ns: int
+    context_length: int
+
+
+@dataclass(frozen=True)
+class _Grant:
+    instance: Instance
+
+
+@dataclass(frozen=True)
+class _Load:
+    instance: Instance
+    runner: Runner
+
+
+@dataclass(frozen=True)
+class _Unload:
+    instances: tuple[Instance, ...]
+
+
+class Scheduler:
+    def __init__(self, config: SchedulerConfig, client: RunnerClient) -> None:
+        self.config = config
+        self.client = client
+        self.inv = Inventory()
+        self._cond = asyncio.Condition()
+        self._pending = 0
+        self._loading = False
+        self._leases: dict[str, str] = {}  # lease id -> instance id
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._monitor: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
+
+    # ---- runners -------------------------------------------------------
+
+    async def register(self, runner_id: str, address: str, device: Device) -> None:
+        async with self._cond:
+            for old in [r for r in self.inv.runners.values() if r.address == address or r.id == runner_id]:
+                self._forget_runner(old.id, "replaced by a new registration")
+            self.inv.runners[runner_id] = Runner(runner_id, address, device)
+            log.info("runner registered", extra=fields(runner=runner_id, address=address, device=device.id))
+            self._cond.notify_all()
+
+    async def heartbeat(self, runner_id: str, device: Device) -> bool:
+        async with self._cond:
+            runner = self.inv.runners.get(runner_id)
+            if runner is None:
+                return False
+            runner.device = device
+            runner.last_seen = time.monotonic()
+            return True
+
+    def _forget_runner(self, runner_id: str, why: str) -> None:
+        """Drop a runner and every instance on it. Caller holds the lock."""
+        self.inv.runners.pop(runner_id, None)
+        for inst in self.inv.on_runner(runner_id):
+            self._drop_instance(inst)
+        log.warning("runner forgotten", extra=fields(runner=runner_id, why=why))
+        self._cond.notify_all()
+
+    def _drop_instance(self, inst: Instance) -> None:
+        self.inv.instances.pop(inst.id, None)
+        timer = self._timers.pop(inst.id, None)
+        if timer:
+            timer.cancel()
+
+    async def _watch_runners(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.heartbeat_interval)
+            async with self._cond:
+                now = time.monotonic()
+                for r in list(self.inv.runners.values()):
+                    if now - r.last_seen > self.config.runner_timeout:
+                        self._forget_runner(r.id, "missed heartbeats")
+
+    async def start(self) -> None:
+        self._monitor = asyncio.create_task(self._watch_runners())
+
+    async def stop(self) -> None:
+        if self._monitor:
+            self._monitor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._monitor
+        for task in list(self._background):
+            task.cancel()
+        await self.client.close()
+
+    # ---- leases --------------------------------------------------------
+
+    def load_key(self, spec: scheduler_pb2.ModelSpec, opts: common_pb2.LoadOptions) -> LoadKey:
+        gpu_total = sum(r.device.total_memory for r in self.inv.runners.values() if r.device.is_gpu)
+        num_ctx = opts.num_ctx if opts.num_ctx > 0 else 0
+        num_ctx = placement.default_num_ctx(gpu_total, num_ctx or self.config.context_length, spec.context_length_train)
+        return LoadKey(
+            model_digest=spec.model_digest,
+            num_ctx=max(num_ctx, 4),
+            num_batch=opts.num_batch or 512,
+            num_gpu=opts.num_gpu if opts.HasField("main_gpu") or opts.num_gpu != 0 else -1,
+            main_gpu=opts.main_gpu if opts.HasField("main_gpu") else None,
+            num_thread=opts.num_thread,
+            num_parallel=opts.num_parallel or self.config.num_parallel,
+            adapters=tuple((a.digest, a.scale or 1.0) for a in opts.adapters),
+            kv_cache_type=opts.kv_cache_type or self.config.kv_cache_type,
+            flash_attention=opts.flash_attention if opts.HasField("flash_attention") else self.config.flash_attention,
+        )
+
+    async def acquire(
+        self, spec: scheduler_pb2.ModelSpec, opts: common_pb2.LoadOptions, keep_alive: float | None
+    ) -> Lease:
+        if self._pending >= self.config.max_queue:
+            raise CorralError(common_pb2.ERROR_REASON_QUEUE_FULL, QUEUE_FULL_MESSAGE)
+        self._pending += 1
+        started = time.monotonic()
+        load_ns = 0
+        try:
+            while True:
+                async with self._cond:
+                    key = self.load_key(spec, opts)
+                    action = self._decide(spec, key, keep_alive)
+                    if isinstance(action, _Grant):
+                        return self._grant(action.instance, keep_alive, load_ns)
+                    if action is None:
+                        await self._wait(started)
+                        continue
+                if isinstance(action, _Load):
+                    t0 = time.monotonic_ns()
+                    await asyncio.shield(self._spawn(self._load(action.instance, action.runner)))
+                    load_ns += time.monotonic_ns() - t0
+                else:
+                    await asyncio.shield(self._spawn(self._unload(action.instances)))
+        finally:
+            self._pending -= 1
+
+    async def _wait(self, started: float) -> None:
+        """Wait for a state change; give up when no runner turned up within the load timeout."""
+        remaining = self.config.load_timeout - (time.monotonic() - started)
+        if remaining <= 0:
+            raise CorralError(common_pb2.ERROR_REASON_NO_RUNNER, "timed out waiting for a runner to serve the model")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._cond.wait(), timeout=min(remaining, self.config.heartbeat_interval))
+
+    def _decide(
+        self, spec: scheduler_pb2.ModelSpec, key: LoadKey, keep_alive: float | None
+    ) -> _Grant | _Load | _Unload | None:
+        """One step towards a lease. None means wait for a state change. Caller holds the lock."""
+        same = [i for i in self.inv.for_key(key) if i.state is not State.EXPIRING]
+        if same:
+            ready = [i for i in same if i.state is State.READY and i.leases < i.key.num_parallel]
+            return _Grant(min(ready, key=lambda i: i.leases)) if ready else None
+        stale = [i for i in self.inv.for_model(key.model_digest) if i.key != key]
+        for inst in stale:  # load options changed: reload once the old instance is idle
+            inst.state = State.EXPIRING
+        idle_stale = tuple(i for i in stale if i.leases == 0)
+        if idle_stale:
+            return _Unload(idle_stale)
+        if stale or self._loading:
+            return None
+        need = placement.estimate_memory(spec.model_size_bytes, key.num_ctx, key.num_parallel, 0)
+        gpus = sum(1 for r in self.inv.runners.values() if r.device.is_gpu)
+        decision = placement.place(self.inv, key, need, placement.max_loaded(self.config.max_loaded_models, gpus))
+        if isinstance(decision, placement.Wait):
+            return None
+        if isinstance(decision, placement.Evict):
+            victims = tuple(self.inv.instances[i] for i in decision.instance_ids)
+            for v in victims:
+                v.state = State.EXPIRING
+            return _Unload(victims)
+        inst = Instance(
+            id=uuid.uuid4().hex[:12],
+            runner_id=decision.runner_id,
+            key=key,
+            spec=spec,
+            memory_estimate=need,
+            keep_alive=self.config.keep_alive if keep_alive is None else keep_alive,
+        )
+        self.inv.instances[inst.id] = inst
+        self._loading = True
+        return _Load(inst, self.inv.runners[decision.runner_id])
+
+    def _grant(self, inst: Instance, keep_alive: float | None, load_ns: int) -> Lease:
+        inst.leases += 1
+        inst.last_used = time.monotonic()
+        if keep_alive is not None:
+            inst.keep_alive = keep_alive
+        timer = self._timers.pop(inst.id, None)
+        if timer:
+            timer.cancel()
+        inst.expires_at = math.inf
+        lease = Lease(uuid.uuid4().hex, self.inv.runners[inst.runner_id].address, inst.id, load_ns, inst.context_length)
+        self._leases[lease.id] = inst.id
+        return lease
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
+
+    async def _load(self, inst: Instance, runner: Runner) -> None:
+        k = inst.key
+        opts = common_pb2.LoadOptions(
+            num_ctx=k.num_ctx,
+            num_batch=k.num_batch,
+            num_gpu=k.num_gpu,
+            num_thread=k.num_thread,
+            num_parallel=k.num_parallel,
+            kv_cache_type=k.kv_cache_type,
+            adapters=[common_pb2.Adapter(digest=d, scale=s) for d, s in k.adapters],
+        )
+        if k.main_gpu is not None:
+            opts.main_gpu = k.main_gpu
+        if k.flash_attention is not None:
+            opts.flash_attention = k.flash_attention
+        request = runner_pb2.LoadModelRequest(
+            instance_id=inst.id, model_path=inst.spec.model_path, model_digest=inst.spec.model_digest, options=opts
+        )
+        log.info("loading model", extra=fields(model=inst.spec.name, runner=runner.id, num_ctx=k.num_ctx))
+        try:
+            resp = await self.client.load(runner.address, request, timeout=self.config.load_timeout)
+        except CorralError as err:
+            async with self._cond:
+                self._loading = False
+                self._drop_instance(inst)
+                if err.code == grpc.StatusCode.UNAVAILABLE:
+                    self._forget_runner(runner.id, "unreachable during load")
+                self._cond.notify_all()
+            if err.code == grpc.StatusCode.UNAVAILABLE:
+                return  # the acquirer waits for a runner to come back
+            raise
+        except BaseException:
+            async with self._cond:
+                self._loading = False
+                self._drop_instance(inst)
+                self._cond.notify_all()
+            raise
+        async with self._cond:
+            self._loading = False
+            if inst.id in self.inv.instances:
+                inst.state = State.READY
+                inst.context_length = resp.context_length or k.num_ctx
+                inst.size_bytes = resp.memory.total_bytes
+                inst.size_vram_bytes = resp.memory.gpu_bytes
+            self._cond.notify_all()
+
+    async def _unload(self, instances: tuple[Instance, ...]) -> None:
+        for inst in instances:
+            runner = self.inv.runners.get(inst.runner_id)
+            if runner is not None:
+                await self.client.unload(runner.address, inst.id)
+            log.info("unloaded model", extra=fields(model=inst.spec.name, instance=inst.id))
+        async with self._cond:
+            for inst in instances:
+                self._drop_instance(inst)
+            self._cond.notify_all()
+
+    async def release(self, lease_id: str, runner_failed: bool = False) -> None:
+        async with self._cond:
+            inst_id = self._leases.pop(lease_id, None)
+            inst = self.inv.instances.get(inst_id) if inst_id else None
+            if inst is None:
+                return
+            inst.leases -= 1
+            inst.last_used = time.monotonic()
+            runner = self.inv.runners.get(inst.runner_id)
+        if runner_failed and runner is not None and not await self.client.alive(runner.address):
+            async with self._cond:
+                self._forget_runner(runner.id, "failed while serving a request")
+            return
+        async with self._cond:
+            if inst.leases == 0:
+                self._on_idle(inst)
+            self._cond.notify_all()
+
+    def _on_idle(self, inst: Instance) -> None:
+        """Start the keep-alive clock, or unload now. Caller holds the lock."""
+        if inst.state is State.EXPIRING or inst.keep_alive <= 0:
+            inst.state = State.EXPIRING
+            self._spawn(self._unload((inst,)))
+            return
+        if math.isinf(inst.keep_alive):
+            return
+        inst.expires_at = time.time() + inst.keep_alive
+        loop = asyncio.get_running_loop()
+        self._timers[inst.id] = loop.call_later(inst.keep_alive, self._expire, inst.id)
+
+    def _expire(self, instance_id: str) -> None:
+        self._timers.pop(instance_id, None)
+        inst = self.inv.instances.get(instance_id)
+        if inst is not None and inst.idle:
+            inst.state = State.EXPIRING
+            self._spawn(self._unload((inst,)))
+
+    async def unload_model(self, model_digest: str) -> bool:
+        """keep_alive 0 with an empty prompt: unload once idle."""
+        async with self._cond:
+            found = self.inv.for_model(model_digest)
+            for inst in found:
+                inst.keep_alive = 0
+                if inst.idle:
+                    self._on_idle(inst)
+            return bool(found)
+
+    def loaded(self) -> list[Instance]:
+        # Latest expiry first; "forever" and busy instances lead.
+        return sorted(self.inv.instances.values(), key=lambda i: -i.expires_at)

@@ -1,0 +1,62 @@
+"""How the scheduler talks to runners. An interface, so tests can inject fakes
+that still speak the real runner proto."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Protocol
+
+import grpc
+
+from corral.errors import from_rpc_error
+from corral.grpc_server import channel
+from corral.v1 import runner_pb2, runner_pb2_grpc
+
+
+class RunnerClient(Protocol):
+    async def load(
+        self, address: str, request: runner_pb2.LoadModelRequest, timeout: float
+    ) -> runner_pb2.LoadModelResponse: ...
+
+    async def unload(self, address: str, instance_id: str) -> None: ...
+
+    async def alive(self, address: str) -> bool: ...
+
+    async def close(self) -> None: ...
+
+
+class GrpcRunnerClient:
+    """RunnerClient over gRPC, one long-lived channel per runner address."""
+
+    def __init__(self) -> None:
+        self._channels: dict[str, grpc.aio.Channel] = {}
+
+    def _stub(self, address: str) -> runner_pb2_grpc.RunnerServiceStub:
+        if address not in self._channels:
+            self._channels[address] = channel(address)
+        return runner_pb2_grpc.RunnerServiceStub(self._channels[address])
+
+    async def load(
+        self, address: str, request: runner_pb2.LoadModelRequest, timeout: float
+    ) -> runner_pb2.LoadModelResponse:
+        try:
+            return await self._stub(address).LoadModel(request, timeout=timeout)
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from err
+
+    async def unload(self, address: str, instance_id: str) -> None:
+        # A runner that is gone has unloaded everything already.
+        with contextlib.suppress(grpc.RpcError):
+            await self._stub(address).UnloadModel(runner_pb2.UnloadModelRequest(instance_id=instance_id), timeout=30)
+
+    async def alive(self, address: str) -> bool:
+        try:
+            await self._stub(address).GetStatus(runner_pb2.GetStatusRequest(), timeout=3)
+        except grpc.RpcError:
+            return False
+        return True
+
+    async def close(self) -> None:
+        for ch in self._channels.values():
+            await ch.close()
+        self._channels.clear()
