@@ -1,0 +1,205 @@
+"""The scheduler through its gRPC API, with fake runners that speak the real runner proto."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+
+from corral.errors import from_rpc_error
+from corral.grpc_server import GrpcService, channel
+from corral.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc
+from services.scheduler.core import QUEUE_FULL_MESSAGE, Scheduler, SchedulerConfig
+from services.scheduler.runners import GrpcRunnerClient
+from services.scheduler.servicer import SchedulerServicer
+from tests.scheduler.fake_runner import GIB, FakeRunner, cpu_device, gpu_device
+
+
+class Stack:
+    def __init__(self, config: SchedulerConfig) -> None:
+        self.core = Scheduler(config, GrpcRunnerClient())
+        servicer = SchedulerServicer(self.core)
+
+        def register(server: grpc.aio.Server) -> list[str]:
+            scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server(servicer, server)
+            return ["corral.v1.SchedulerService"]
+
+        self.service = GrpcService("scheduler", "127.0.0.1:0", register)
+        self.address = f"127.0.0.1:{self.service.port}"
+        self.runners: list[FakeRunner] = []
+
+    async def start(self) -> None:
+        await self.service.start()
+        await self.core.start()
+        self.channel = channel(self.address)
+        self.stub = scheduler_pb2_grpc.SchedulerServiceStub(self.channel)
+
+    async def runner(self, device: common_pb2.Device) -> FakeRunner:
+        r = FakeRunner(f"runner-{uuid.uuid4().hex[:6]}", device, self.address)
+        await r.start()
+        self.runners.append(r)
+        return r
+
+    async def stop(self) -> None:
+        for r in self.runners:
+            await r.kill()
+        await self.channel.close()
+        await self.core.stop()
+        await self.service.stop(0)
+
+
+@pytest.fixture
+async def stack(request: pytest.FixtureRequest) -> AsyncIterator[Stack]:
+    overrides = getattr(request, "param", {})
+    config = SchedulerConfig(heartbeat_interval=0.1, runner_timeout=0.6, load_timeout=5, **overrides)
+    s = Stack(config)
+    await s.start()
+    yield s
+    await s.stop()
+
+
+def spec(name: str = "m1", size: int = GIB) -> scheduler_pb2.ModelSpec:
+    return scheduler_pb2.ModelSpec(
+        name=f"{name}:latest",
+        manifest_digest=f"sha256:{name}-manifest",
+        model_digest=f"sha256:{name}",
+        model_path=f"/models/{name}.gguf",
+        model_size_bytes=size,
+        context_length_train=8192,
+    )
+
+
+def acquire_req(name: str = "m1", keep_alive: float | None = None, **opts: int) -> scheduler_pb2.AcquireModelRequest:
+    req = scheduler_pb2.AcquireModelRequest(model=spec(name), options=common_pb2.LoadOptions(num_gpu=-1, **opts))
+    if keep_alive is not None:
+        req.keep_alive_seconds = keep_alive
+    return req
+
+
+async def test_load_then_reuse(stack: Stack) -> None:
+    runner = await stack.runner(cpu_device())
+    first = await stack.stub.AcquireModel(acquire_req())
+    assert first.runner_address == runner.address
+    assert first.load_duration_ns > 0
+    assert first.context_length == 4096  # CPU tier, under the model's 8192
+    await stack.stub.ReleaseModel(scheduler_pb2.ReleaseModelRequest(lease_id=first.lease_id))
+    second = await stack.stub.AcquireModel(acquire_req())
+    assert second.instance_id == first.instance_id
+    assert second.load_duration_ns == 0
+    assert len(runner.loads) == 1
+    ps = await stack.stub.ListLoadedModels(scheduler_pb2.ListLoadedModelsRequest())
+    assert [m.name for m in ps.models] == ["m1:latest"]
+    assert ps.models[0].size_bytes == GIB + GIB // 4
+
+
+async def test_changed_load_options_reload(stack: Stack) -> None:
+    runner = await stack.runner(cpu_device())
+    a = await stack.stub.AcquireModel(acquire_req(num_ctx=2048))
+    await stack.stub.ReleaseModel(scheduler_pb2.ReleaseModelRequest(lease_id=a.lease_id))
+    b = await stack.stub.AcquireModel(acquire_req(num_ctx=1024))
+    assert b.instance_id != a.instance_id
+    assert runner.unloads == [a.instance_id]
+    assert [r.options.num_ctx for r in runner.loads] == [2048, 1024]
+
+
+async def test_keep_alive_zero_unloads_after_release(stack: Stack) -> None:
+    runner = await stack.runner(cpu_device())
+    lease = await stack.stub.AcquireModel(acquire_req(keep_alive=0))
+    await stack.stub.ReleaseModel(scheduler_pb2.ReleaseModelRequest(lease_id=lease.lease_id))
+    await asyncio.sleep(0.2)
+    assert runner.unloads == [lease.instance_id]
+    assert not (await stack.stub.ListLoadedModels(scheduler_pb2.ListLoadedModelsRequest())).models
+
+
+async def test_keep_alive_expiry(stack: Stack) -> None:
+    runner = await stack.runner(cpu_device())
+    lease = await stack.stub.AcquireModel(acquire_req(keep_alive=0.3))
+    await stack.stub.ReleaseModel(scheduler_pb2.ReleaseModelRequest(lease_id=lease.lease_id))
+    assert (await stack.stub.ListLoadedModels(scheduler_pb2.ListLoadedModelsRequest())).models
+    await asyncio.sleep(0.6)
+    assert runner.unloads == [lease.instance_id]
+
+
+async def test_unload_model_request(stack: Stack) -> None:
+    runner = await stack.runner(cpu_device())
+    lease = await stack.stub.AcquireModel(acquire_req())
+    await stack.stub.ReleaseModel(scheduler_pb2.ReleaseModelRequest(lease_id=lease.lease_id))
+    resp = await stack.stub.UnloadModel(scheduler_pb2.SchedulerUnloadModelRequest(model_digest="sha256:m1"))
+    assert resp.unloading
+    await asyncio.sleep(0.1)
+    assert runner.unloads == [lease.instance_id]
+
+
+@pytest.mark.parametrize("stack", [{"max_loaded_models": 1}], indirect=True)
+async def test_max_loaded_models_evicts(stack: Stack) -> None:
+    runner = await stack.runner(cpu_device())
+    a = await stack.stub.AcquireModel(acquire_req("m1"))
+    await stack.stub.ReleaseModel(scheduler_pb2.ReleaseModelRequest(lease_id=a.lease_id))
+    await stack.stub.AcquireModel(acquire_req("m2"))
+    assert runner.unloads == [a.instance_id]
+    ps = await stack.stub.ListLoadedModels(scheduler_pb2.ListLoadedModelsRequest())
+    assert [m.name for m in ps.models] == ["m2:latest"]
+
+
+@pytest.mark.parametrize("stack", [{"num_parallel": 1, "max_queue": 2}], indirect=True)
+async def test_bounded_queue_rejects_quickly(stack: Stack) -> None:
+    await stack.runner(cpu_device())
+    first = await stack.stub.AcquireModel(acquire_req())  # loaded and busy: every other request must queue
+
+    async def one() -> str:
+        try:
+            lease = await stack.stub.AcquireModel(acquire_req(), timeout=10)
+        except grpc.RpcError as err:
+            e = from_rpc_error(err)
+            assert e.message == QUEUE_FULL_MESSAGE
+            return e.reason_name
+        await asyncio.sleep(0.05)
+        await stack.stub.ReleaseModel(scheduler_pb2.ReleaseModelRequest(lease_id=lease.lease_id))
+        return "ok"
+
+    tasks = [asyncio.create_task(one()) for _ in range(9)]
+    await asyncio.sleep(0.3)
+    await stack.stub.ReleaseModel(scheduler_pb2.ReleaseModelRequest(lease_id=first.lease_id))
+    results = await asyncio.wait_for(asyncio.gather(*tasks), timeout=10)
+    assert results.count("ok") == 2
+    assert results.count("QUEUE_FULL") == 7
+
+
+async def test_dead_runner_is_forgotten_and_model_reloads_elsewhere(stack: Stack) -> None:
+    old = await stack.runner(cpu_device())
+    lease = await stack.stub.AcquireModel(acquire_req())
+    await stack.stub.ReleaseModel(scheduler_pb2.ReleaseModelRequest(lease_id=lease.lease_id))
+    await old.kill()
+    await asyncio.sleep(1.0)  # > runner_timeout
+    assert not (await stack.stub.ListLoadedModels(scheduler_pb2.ListLoadedModelsRequest())).models
+    pending = asyncio.ensure_future(stack.stub.AcquireModel(acquire_req(), timeout=5))
+    await asyncio.sleep(0.2)
+    assert not pending.done()  # waits for a runner
+    new = await stack.runner(cpu_device())
+    again = await pending
+    assert again.runner_address == new.address
+
+
+async def test_runner_failure_reported_by_gateway(stack: Stack) -> None:
+    old = await stack.runner(cpu_device())
+    lease = await stack.stub.AcquireModel(acquire_req())
+    await old.kill()
+    await stack.stub.ReleaseModel(scheduler_pb2.ReleaseModelRequest(lease_id=lease.lease_id, runner_failed=True))
+    assert not (await stack.stub.ListLoadedModels(scheduler_pb2.ListLoadedModelsRequest())).models
+
+
+async def test_gpu_that_appears_later_gets_new_models(stack: Stack) -> None:
+    cpu = await stack.runner(cpu_device())
+    a = await stack.stub.AcquireModel(acquire_req("m1"))
+    assert a.runner_address == cpu.address
+    gpu = await stack.runner(gpu_device(0, 24 * GIB))
+    b = await stack.stub.AcquireModel(acquire_req("m2"))
+    assert b.runner_address == gpu.address
+    assert b.context_length == 8192  # 24 GiB tier (32768) capped at the model's trained length
+    ps = await stack.stub.ListLoadedModels(scheduler_pb2.ListLoadedModelsRequest())
+    by_name = {m.name: m for m in ps.models}
+    assert by_name["m2:latest"].size_vram_bytes == by_name["m2:latest"].size_bytes
+    assert by_name["m1:latest"].size_vram_bytes == 0
