@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+from corral.config import Settings
+from corral.supervisor import plan
+
+
+def test_children_talk_over_sockets_in_the_runtime_dir(tmp_path: Path) -> None:
+    settings = Settings.from_env({"CORRAL_HOST": "127.0.0.1:12000", "CORRAL_MODELS": str(tmp_path / "m")})
+    children = plan(settings, tmp_path / "rt", {"PATH": "/usr/bin"})
+    names = [c.name for c in children]
+    assert names[0] == "registry" and names[-1] == "gateway"
+    assert any(n.startswith("runner-") for n in names)
+    env = children[0].env
+    assert env["CORRAL_REGISTRY_ADDR"] == f"unix:{tmp_path / 'rt' / 'registry.sock'}"
+    assert env["CORRAL_SCHEDULER_ADDR"] == f"unix:{tmp_path / 'rt' / 'scheduler.sock'}"
+    assert env["CORRAL_MODELS"] == str(tmp_path / "m")
+    assert env["CORRAL_HOST"] == "127.0.0.1:12000"
+    runner = next(c for c in children if c.service == "runner")
+    assert runner.env["CORRAL_RUNNER_ADDR"].startswith(f"unix:{tmp_path / 'rt'}")
+    assert runner.env["CORRAL_RUNNER_ADVERTISE_ADDR"] == runner.env["CORRAL_RUNNER_ADDR"]
+
+
+def test_two_stacks_never_share_an_address(tmp_path: Path) -> None:
+    a = plan(Settings.from_env({"CORRAL_HOST": ":1"}), tmp_path / "a", {})
+    b = plan(Settings.from_env({"CORRAL_HOST": ":2"}), tmp_path / "b", {})
+    addrs_a = {v for c in a for k, v in c.env.items() if k.endswith("_ADDR")}
+    addrs_b = {v for c in b for k, v in c.env.items() if k.endswith("_ADDR")}
+    assert addrs_a and not addrs_a & addrs_b
