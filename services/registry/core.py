@@ -1,0 +1,281 @@
+"""The registry core: resolve, list, create and blob uploads, without gRPC.
+
+Blocking file work runs in threads (asyncio.to_thread). The index is a cache
+that is checked against the manifest files' stat on every use, so models
+written by another process (or by Ollama itself) show up without a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import os
+from collections.abc import AsyncIterable, AsyncIterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from corral.errors import CorralError
+from corral.v1 import common_pb2
+from services.registry.create import CreateRequest, Progress, create_model
+from services.registry.digests import from_hex, parse_digest
+from services.registry.gguf_meta import GGUFInfo, read_gguf_info
+from services.registry.index import Index, IndexedModel, Stamp
+from services.registry.manifest import (
+    MAX_MANIFEST_BYTES,
+    MEDIA_ADAPTER,
+    MEDIA_LICENSE,
+    MEDIA_MODEL,
+    MEDIA_PARAMS,
+    MEDIA_PROJECTOR,
+    MEDIA_PROMPT,
+    MEDIA_SYSTEM,
+    MEDIA_TEMPLATE,
+    Manifest,
+    ManifestError,
+    parse_config,
+)
+from services.registry.model import Details, StoredModel, capabilities
+from services.registry.names import ModelName, parse_name
+from services.registry.store import ManifestFile, Store, blob_not_found
+
+log = logging.getLogger(__name__)
+
+MAX_CONFIG_BYTES = 1 << 20
+MAX_TEXT_LAYER_BYTES = 8 << 20
+_WRITE_BATCH = 1 << 20  # hand chunks to the writer thread in batches of at least this
+
+
+@dataclass(frozen=True)
+class BlobWrite:
+    created: bool  # False when the blob already existed
+    size: int
+
+
+def model_not_found(name: str) -> CorralError:
+    return CorralError(common_pb2.ERROR_REASON_MODEL_NOT_FOUND, f"model '{name}' not found")
+
+
+class Registry:
+    def __init__(self, store: Store, index: Index) -> None:
+        self.store = store
+        self.index = index
+        self._sync_lock = asyncio.Lock()
+        self._gguf_locks: dict[str, asyncio.Lock] = {}
+
+    @classmethod
+    async def open(cls, root: Path) -> Registry:
+        """Open the store at `root`, creating it if needed, and bring the index up to date."""
+        store = Store(root)
+        await asyncio.to_thread(store.prepare)
+        registry = cls(store, await Index.open(store.root / "index.db"))
+        await registry.sync()
+        return registry
+
+    async def close(self) -> None:
+        await self.index.close()
+
+    # Index maintenance
+
+    async def sync(self) -> None:
+        """Re-read the manifests whose files changed; forget the ones that are gone."""
+        async with self._sync_lock:
+            entries = await asyncio.to_thread(self.store.scan_manifests)
+            stamps = await self.index.stamps()
+            for entry in entries:
+                if stamps.get(entry.key) != _stamp(entry):
+                    await self._refresh(entry)
+            present = {entry.key for entry in entries}
+            gone = [key for key in stamps if key not in present]
+            if gone:
+                await self.index.remove(gone)
+
+    async def _refresh(self, entry: ManifestFile) -> IndexedModel | None:
+        try:
+            indexed = await asyncio.to_thread(self._load, entry)
+        except (OSError, ManifestError) as exc:
+            log.warning("skipping unreadable manifest %s: %s", entry.path, exc)
+            await self.index.remove([entry.key])
+            return None
+        await self.index.put(indexed)
+        return indexed
+
+    def _load(self, entry: ManifestFile) -> IndexedModel:
+        with entry.path.open("rb") as f:
+            st = os.fstat(f.fileno())  # the stamp of exactly the bytes we read
+            data = f.read(MAX_MANIFEST_BYTES + 1)
+        if len(data) > MAX_MANIFEST_BYTES:
+            raise ManifestError("manifest is too large")
+        manifest = Manifest.from_bytes(data)
+        try:
+            config = parse_config(self.store.read_blob(manifest.config.digest, MAX_CONFIG_BYTES))
+        except CorralError:
+            config = {}  # a missing config only costs the details
+        return _indexed(entry.key, entry.name, data, manifest, config, Stamp(st.st_mtime_ns, st.st_size, st.st_ino))
+
+    async def save_manifest(self, name: ModelName, manifest: Manifest, config: dict[str, Any]) -> IndexedModel:
+        data = manifest.to_bytes()
+        entry = await asyncio.to_thread(self.store.write_manifest, name, data)
+        indexed = _indexed(entry.key, entry.name, data, manifest, config, _stamp(entry))
+        await self.index.put(indexed)
+        return indexed
+
+    # Queries
+
+    async def resolve(self, name: str) -> StoredModel:
+        """Everything about one model; MODEL_NOT_FOUND / INVALID_MODEL_NAME."""
+        parsed = parse_name(name)
+        entry = await asyncio.to_thread(self.store.find_manifest, parsed)
+        if entry is None:
+            raise model_not_found(name)
+        indexed = await self.index.get(entry.key)
+        if indexed is None or indexed.stamp != _stamp(entry):
+            indexed = await self._refresh(entry)
+            if indexed is None:
+                raise model_not_found(name)
+        return await self._full(indexed)
+
+    async def list_models(self) -> list[StoredModel]:
+        """All models, newest first, with manifest and config fields only."""
+        await self.sync()
+        models = [self._summary(m) for m in await self.index.all()]
+        models.sort(key=lambda m: m.name)
+        models.sort(key=lambda m: m.modified_at_ns, reverse=True)
+        return models
+
+    def _summary(self, m: IndexedModel) -> StoredModel:
+        name = ModelName(m.host, m.namespace, m.model, m.tag)
+        weights = [la for la in m.manifest.layers if la.media_type == MEDIA_MODEL]
+        model = weights[-1] if weights else None  # Ollama: the last model layer wins
+        return StoredModel(
+            name=name.display_shortest(),
+            full_name=name.full(),
+            manifest_digest=m.manifest_digest,
+            size=m.manifest.size,
+            modified_at_ns=m.stamp.mtime_ns,
+            details=Details.from_config(m.config, model.from_ if model else ""),
+            layers=m.manifest.layers,
+            config=m.config,
+            model_digest=model.digest if model else "",
+            model_path=str(self.store.blob_path(model.digest)) if model else "",
+        )
+
+    async def _full(self, m: IndexedModel) -> StoredModel:
+        base = self._summary(m)
+        texts = await asyncio.to_thread(self._read_texts, m.manifest)
+        gguf = await self.gguf_info(base.model_digest) if base.model_digest else None
+        layers = m.manifest.layers
+        paths = {
+            kind: tuple(str(self.store.blob_path(la.digest)) for la in layers if la.media_type == kind)
+            for kind in (MEDIA_ADAPTER, MEDIA_PROJECTOR)
+        }
+        return replace(
+            base,
+            **texts,
+            adapter_paths=paths[MEDIA_ADAPTER],
+            projector_paths=paths[MEDIA_PROJECTOR],
+            gguf=gguf,
+            capabilities=capabilities(gguf, texts["template"], bool(paths[MEDIA_PROJECTOR])),
+        )
+
+    def _read_texts(self, manifest: Manifest) -> dict[str, Any]:
+        out: dict[str, Any] = {"template": "", "system": "", "parameters": {}, "licenses": ()}
+        for layer in manifest.layers:
+            if layer.media_type not in (MEDIA_TEMPLATE, MEDIA_PROMPT, MEDIA_SYSTEM, MEDIA_PARAMS, MEDIA_LICENSE):
+                continue
+            text = self.store.read_blob(layer.digest, MAX_TEXT_LAYER_BYTES).decode("utf-8", errors="replace")
+            if layer.media_type in (MEDIA_TEMPLATE, MEDIA_PROMPT):
+                out["template"] = text
+            elif layer.media_type == MEDIA_SYSTEM:
+                out["system"] = text
+            elif layer.media_type == MEDIA_LICENSE:
+                out["licenses"] = (*out["licenses"], text)
+            else:
+                try:
+                    params = json.loads(text)
+                except ValueError:
+                    params = None
+                out["parameters"] = params if isinstance(params, dict) else {}
+        return out
+
+    async def gguf_info(self, digest: str) -> GGUFInfo:
+        """GGUF metadata of a blob, parsed once and cached in the index."""
+        digest = parse_digest(digest)
+        cached = await self.index.get_gguf(digest)
+        if cached is not None:
+            return cached
+        async with self._gguf_locks.setdefault(digest, asyncio.Lock()):
+            cached = await self.index.get_gguf(digest)
+            if cached is not None:
+                return cached
+            path = self.store.blob_path(digest)
+            if not await asyncio.to_thread(path.is_file):
+                raise blob_not_found(digest)
+            info = await asyncio.to_thread(read_gguf_info, path)
+            await self.index.put_gguf(digest, info)
+            return info
+
+    # Blobs
+
+    async def stat_blob(self, digest: str) -> int | None:
+        """Size of a blob, or None when it is absent; INVALID_DIGEST for a bad digest."""
+        return await asyncio.to_thread(self.store.blob_size, parse_digest(digest))
+
+    async def write_blob(self, digest: str, chunks: AsyncIterable[bytes]) -> BlobWrite:
+        """Store a blob from a byte stream, verified against `digest` before it becomes visible.
+
+        An existing blob is kept and the stream drained. A mismatch raises
+        DIGEST_MISMATCH and leaves nothing behind.
+        """
+        digest = parse_digest(digest)
+        size = await self.stat_blob(digest)
+        if size is not None:
+            async for _ in chunks:
+                pass
+            return BlobWrite(created=False, size=size)
+        writer = await asyncio.to_thread(self.store.open_blob, digest)
+        try:
+            pending: list[bytes] = []
+            pending_size = 0
+            async for chunk in chunks:
+                pending.append(chunk)
+                pending_size += len(chunk)
+                if pending_size >= _WRITE_BATCH:
+                    await asyncio.to_thread(writer.write, b"".join(pending))
+                    pending, pending_size = [], 0
+            if pending:
+                await asyncio.to_thread(writer.write, b"".join(pending))
+            size = await asyncio.to_thread(writer.commit)
+        except BaseException:
+            writer.abort()  # synchronous: must run even when the task is being cancelled
+            raise
+        return BlobWrite(created=True, size=size)
+
+    # Create
+
+    async def create(self, req: CreateRequest) -> AsyncIterator[Progress]:
+        """Create (or replace) a model; yields Ollama's progress statuses."""
+        async for event in create_model(self, req):
+            yield event
+
+
+def _stamp(entry: ManifestFile) -> Stamp:
+    return Stamp(entry.mtime_ns, entry.file_size, entry.inode)
+
+
+def _indexed(
+    key: str, name: ModelName, data: bytes, manifest: Manifest, config: dict[str, Any], stamp: Stamp
+) -> IndexedModel:
+    return IndexedModel(
+        key=key,
+        host=name.host,
+        namespace=name.namespace,
+        model=name.model,
+        tag=name.tag,
+        manifest_digest=from_hex(hashlib.sha256(data).hexdigest()),
+        manifest=manifest,
+        config=config,
+        stamp=stamp,
+    )

@@ -1,0 +1,195 @@
+"""CreateModel: build a manifest from uploaded GGUF blobs or an existing model.
+
+Follows Ollama's CreateHandler/createModel (server/create.go): validation
+errors and their messages, the order of layers (weights, template, system,
+licenses, params) and the progress statuses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+from corral.errors import CorralError
+from corral.v1 import common_pb2
+from services.registry.digests import INVALID_DIGEST_MESSAGE, try_parse_digest
+from services.registry.gguf_meta import GGUFInfo
+from services.registry.manifest import (
+    CONFIG_MEDIA_TYPE,
+    MEDIA_ADAPTER,
+    MEDIA_LICENSE,
+    MEDIA_MODEL,
+    MEDIA_PARAMS,
+    MEDIA_PROJECTOR,
+    MEDIA_PROMPT,
+    MEDIA_SYSTEM,
+    MEDIA_TEMPLATE,
+    Layer,
+    Manifest,
+    config_bytes,
+    go_json,
+    human_number,
+    new_config,
+)
+from services.registry.names import parse_name
+
+if TYPE_CHECKING:
+    from services.registry.core import Registry
+
+_INVALID_ARGUMENT = common_pb2.ERROR_REASON_INVALID_ARGUMENT
+QUANTIZE_TYPES = ("F32", "F16", "BF16", "Q4_K_S", "Q4_K_M", "Q8_0")
+_QUANTIZE_ALIASES = {"Q4_K": "Q4_K_M"}
+
+
+@dataclass(frozen=True)
+class CreateRequest:
+    name: str
+    from_: str = ""
+    files: dict[str, str] = field(default_factory=dict)  # relative file name -> digest
+    adapters: dict[str, str] = field(default_factory=dict)
+    template: str | None = None  # None: keep the parent's; "": remove it
+    system: str | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)  # merged over the parent's
+    license: tuple[str, ...] = ()
+    quantize: str = ""
+
+
+@dataclass(frozen=True)
+class Progress:
+    status: str
+    digest: str = ""
+    total: int = 0
+    completed: int = 0
+
+
+def _invalid(message: str) -> CorralError:
+    return CorralError(_INVALID_ARGUMENT, message)
+
+
+def _is_relative_path(path: str) -> bool:
+    """Go's fs.ValidPath, and no Windows drive letters or backslashes either."""
+    if path == ".":
+        return True
+    if not path or "\\" in path or "\x00" in path or re.match(r"[A-Za-z]:", path):
+        return False
+    return all(part not in ("", ".", "..") for part in path.split("/"))
+
+
+def validate_files(files: dict[str, str]) -> dict[str, str]:
+    """Check names and digests of a files/adapters map; returns canonical digests."""
+    for path in files:
+        if not _is_relative_path(path):
+            raise CorralError(common_pb2.ERROR_REASON_INVALID_PATH, "file path must be relative")
+    out: dict[str, str] = {}
+    for path, value in files.items():
+        digest = try_parse_digest(value)
+        if digest is None:
+            raise CorralError(common_pb2.ERROR_REASON_INVALID_DIGEST, INVALID_DIGEST_MESSAGE)
+        out[path] = digest
+    return out
+
+
+def _media_type(info: GGUFInfo) -> str:
+    if info.general_type == "adapter":
+        return MEDIA_ADAPTER
+    if info.general_type in ("mmproj", "projector") or info.architecture == "clip":
+        return MEDIA_PROJECTOR
+    return MEDIA_MODEL
+
+
+def _check_quantize(requested: str, source: GGUFInfo | None) -> None:
+    want = _QUANTIZE_ALIASES.get(requested.upper(), requested.upper())
+    if want not in QUANTIZE_TYPES:
+        supported = ", ".join(t for t in QUANTIZE_TYPES if t != "BF16")
+        raise _invalid(f"unsupported quantization type {requested} - supported types are {supported}")
+    if source is None or source.file_type_name not in ("F16", "BF16", "F32"):
+        raise _invalid("quantization is only supported for F16, BF16 and F32 models")
+    raise CorralError(common_pb2.ERROR_REASON_UNSUPPORTED, "quantization is not supported yet")
+
+
+def _plain(value: Any) -> Any:
+    """Struct numbers arrive as floats; write whole numbers as Go would (4096, not 4096.0)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+async def create_model(registry: Registry, req: CreateRequest) -> AsyncIterator[Progress]:
+    name = parse_name(req.name)
+    files = validate_files(req.files)
+    adapters = validate_files(req.adapters)
+    if len(adapters) > 1:
+        raise _invalid("only one adapter is currently supported")
+    if not req.from_ and not files:
+        raise _invalid("neither 'from' or 'files' was specified")
+
+    layers: list[Layer] = []
+    weights: GGUFInfo | None = None
+    parent_params: dict[str, Any] = {}
+    if req.from_:  # like Ollama, `from` wins when both are given
+        parse_name(req.from_)
+        parent = await registry.resolve(req.from_)
+        layers = [replace(layer, from_=parent.name) for layer in parent.layers]
+        config = {k: v for k, v in parent.config.items() if k != "rootfs"}
+        weights, parent_params = parent.gguf, parent.parameters
+    else:
+        yield Progress("parsing GGUF")
+        for path in sorted(files):
+            info = await registry.gguf_info(files[path])
+            media_type = _media_type(info)
+            if media_type == MEDIA_MODEL:
+                if weights is not None:
+                    raise _invalid("split or multiple GGUF model files are not supported yet")
+                weights = info
+            size = await registry.stat_blob(files[path]) or 0
+            layers.append(Layer(media_type, files[path], size))
+        if weights is None:
+            raise _invalid("no model weights were supplied")
+        config = new_config(weights.architecture, human_number(weights.parameter_count), weights.file_type_name)
+    for path in sorted(adapters):
+        await registry.gguf_info(adapters[path])  # must be a GGUF
+        layers.append(Layer(MEDIA_ADAPTER, adapters[path], await registry.stat_blob(adapters[path]) or 0))
+    if req.quantize:
+        _check_quantize(req.quantize, weights)
+
+    created: set[str] = set()
+
+    async def text_layer(media_type: str, data: bytes) -> None:
+        digest, new = await asyncio.to_thread(registry.store.put_blob, data)
+        if new:
+            created.add(digest)
+        if not any(la.media_type == media_type and la.digest == digest for la in layers):
+            layers.append(Layer(media_type, digest, len(data)))
+
+    if req.template is not None:
+        layers = [la for la in layers if la.media_type not in (MEDIA_TEMPLATE, MEDIA_PROMPT)]
+        if req.template:
+            await text_layer(MEDIA_TEMPLATE, req.template.encode())
+    if req.system is not None:
+        layers = [la for la in layers if la.media_type != MEDIA_SYSTEM]
+        if req.system:
+            await text_layer(MEDIA_SYSTEM, req.system.encode())
+    for text in req.license:
+        await text_layer(MEDIA_LICENSE, text.encode())
+    if req.parameters:
+        merged = {**parent_params, **_plain(req.parameters)}
+        layers = [la for la in layers if la.media_type != MEDIA_PARAMS]
+        await text_layer(MEDIA_PARAMS, go_json(merged, sort_keys=True))
+
+    for layer in layers:
+        verb = "creating new" if layer.digest in created else "using existing"
+        yield Progress(f"{verb} layer {layer.digest}")
+
+    body = config_bytes(config, tuple(layers))
+    config_digest, _ = await asyncio.to_thread(registry.store.put_blob, body)
+    manifest = Manifest(config=Layer(CONFIG_MEDIA_TYPE, config_digest, len(body)), layers=tuple(layers))
+    yield Progress("writing manifest")
+    await registry.save_manifest(name, manifest, config)
+    yield Progress("success")

@@ -1,0 +1,113 @@
+"""Plain-Python views of a stored model, as the core returns them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from services.registry.gguf_meta import GGUFInfo
+from services.registry.manifest import Layer
+
+
+@dataclass(frozen=True)
+class Details:
+    """Ollama's `details` object, read from the config blob and the model layer."""
+
+    format: str = ""
+    family: str = ""
+    families: tuple[str, ...] = ()
+    parameter_size: str = ""
+    quantization_level: str = ""
+    parent_model: str = ""
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], parent_model: str) -> Details:
+        families = config.get("model_families") or []
+        return cls(
+            format=str(config.get("model_format") or ""),
+            family=str(config.get("model_family") or ""),
+            families=tuple(str(f) for f in families) if isinstance(families, list) else (),
+            parameter_size=str(config.get("model_type") or ""),
+            quantization_level=str(config.get("file_type") or ""),
+            parent_model=parent_model,
+        )
+
+
+@dataclass(frozen=True)
+class StoredModel:
+    """A model as the registry serves it.
+
+    `list_models` fills the manifest/config fields only; `resolve` also fills
+    the text layers and everything read from the GGUF (`gguf` is then set).
+    """
+
+    name: str  # display_shortest, e.g. "gemma3:latest"
+    full_name: str  # "registry.ollama.ai/library/gemma3:latest"
+    manifest_digest: str  # "sha256:<hex>" of the manifest file bytes
+    size: int
+    modified_at_ns: int  # manifest mtime
+    details: Details
+    layers: tuple[Layer, ...]
+    config: dict[str, Any]
+    model_digest: str = ""
+    model_path: str = ""
+    template: str = ""
+    system: str = ""
+    parameters: dict[str, Any] = field(default_factory=dict)
+    licenses: tuple[str, ...] = ()
+    adapter_paths: tuple[str, ...] = ()
+    projector_paths: tuple[str, ...] = ()
+    gguf: GGUFInfo | None = None
+    capabilities: tuple[str, ...] = ()
+
+    @property
+    def gguf_chat_template(self) -> str:
+        return self.gguf.chat_template if self.gguf else ""
+
+    @property
+    def bos_token(self) -> str:
+        return self.gguf.bos_token if self.gguf else ""
+
+    @property
+    def eos_token(self) -> str:
+        return self.gguf.eos_token if self.gguf else ""
+
+    @property
+    def add_bos_token(self) -> bool:
+        return self.gguf.add_bos_token if self.gguf else True
+
+    @property
+    def context_length_train(self) -> int:
+        return self.gguf.context_length if self.gguf else 0
+
+
+def capabilities(gguf: GGUFInfo | None, template: str, has_projector: bool) -> tuple[str, ...]:
+    """A first cut of Ollama's Model.Capabilities (server/images.go).
+
+    Jinja and Go-template hints are unioned; Ollama prefers one template path
+    per model, which the gateway's chat-mode choice will refine.
+    """
+    caps: list[str] = []
+    if gguf is not None:
+        arch = gguf.architecture
+        caps.append("embedding" if gguf.has_pooling_type else "completion")
+        if f"{arch}.vision.block_count" in gguf.kv:
+            caps.append("vision")
+        if f"{arch}.audio.block_count" in gguf.kv:
+            caps.append("audio")
+        jinja = gguf.chat_template
+        if "tools" in jinja or "tool_call" in jinja:
+            caps.append("tools")
+        if ("<think>" in jinja and "</think>" in jinja) or (
+            "content.split('</think>')" in jinja and "reasoning_content" not in jinja
+        ):
+            caps.append("thinking")
+    if has_projector:
+        caps.append("vision")
+    if ".Tools" in template:
+        caps.append("tools")
+    if ".Suffix" in template:
+        caps.append("insert")
+    if ".Thinking" in template:
+        caps.append("thinking")
+    return tuple(dict.fromkeys(caps))
