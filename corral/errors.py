@@ -70,7 +70,7 @@ def from_rpc_error(err: grpc.RpcError) -> CorralError:
     """Rebuild the CorralError a service raised; other failures keep their gRPC code."""
     code: grpc.StatusCode = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
     message: str = (err.details() if hasattr(err, "details") else None) or str(code)
-    reason = common_pb2.ERROR_REASON_UNSPECIFIED
+    reason: int = common_pb2.ERROR_REASON_UNSPECIFIED
     status = None
     try:
         status = rpc_status.from_call(err)  # type: ignore[arg-type]

@@ -35,9 +35,10 @@ class Stack:
         return f"unix:{self.runtime_dir / (name + '.sock')}"
 
     def child(self, service: str) -> psutil.Process | None:
+        """The live child process running `service` (a killed one is a zombie until reaped)."""
         for child in psutil.Process(self.proc.pid).children():
             try:
-                if child.cmdline()[-1] == service:
+                if child.status() != psutil.STATUS_ZOMBIE and child.cmdline()[-1:] == [service]:
                     return child
             except psutil.Error:
                 continue

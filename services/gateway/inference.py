@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import uuid
@@ -63,11 +64,23 @@ async def acquire(
     return Lease(resp.lease_id, resp.runner_address, resp.instance_id, resp.load_duration_ns)
 
 
-async def release(backends: Backends, lease: Lease, runner_failed: bool = False) -> None:
+_releasing: set[asyncio.Task[None]] = set()
+
+
+async def _release(backends: Backends, lease: Lease, runner_failed: bool) -> None:
     with contextlib.suppress(grpc.RpcError):
         await backends.scheduler.ReleaseModel(
             scheduler_pb2.ReleaseModelRequest(lease_id=lease.id, runner_failed=runner_failed), timeout=30
         )
+
+
+async def release(backends: Backends, lease: Lease, runner_failed: bool = False) -> None:
+    """End a lease even when the caller is being cancelled (a client that hung up): the
+    release runs in its own task, so a cancelled request can never leak a slot."""
+    task = asyncio.create_task(_release(backends, lease, runner_failed))
+    _releasing.add(task)
+    task.add_done_callback(_releasing.discard)
+    await asyncio.shield(task)
 
 
 async def unload(backends: Backends, model: registry_pb2.Model) -> None:

@@ -82,7 +82,7 @@ def to_sampling(options: Mapping[str, Any]) -> common_pb2.SamplingOptions:
 
 
 def to_load(options: Mapping[str, Any]) -> common_pb2.LoadOptions:
-    out = common_pb2.LoadOptions(num_gpu=-1)
+    out = common_pb2.LoadOptions()
     for name, kind in LOAD.items():
         if options.get(name) is not None:
             setattr(out, name, _coerce(name, kind, options[name]))

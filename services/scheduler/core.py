@@ -146,7 +146,7 @@ class Scheduler:
             model_digest=spec.model_digest,
             num_ctx=max(num_ctx, 4),
             num_batch=opts.num_batch or 512,
-            num_gpu=opts.num_gpu if opts.HasField("main_gpu") or opts.num_gpu != 0 else -1,
+            num_gpu=opts.num_gpu if opts.HasField("num_gpu") else -1,
             main_gpu=opts.main_gpu if opts.HasField("main_gpu") else None,
             num_thread=opts.num_thread,
             num_parallel=opts.num_parallel or self.config.num_parallel,

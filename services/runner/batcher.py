@@ -1,0 +1,291 @@
+"""Continuous batching of parallel sequences in one llama.cpp context.
+
+Runs only on the instance's owner thread. Each `step()` builds ONE batch with
+the pending token of every generating sequence plus prompt chunks of newly
+admitted ones, calls llama_decode once, and samples every output row. Requests
+join and leave between steps.
+
+Prompt length: a prompt of num_ctx tokens or more is refused with
+PROMPT_TOO_LONG (Ollama's runner message) rather than truncated. The gateway
+already drops old chat messages to fit, and cutting the middle of a rendered
+template here would silently lose its structure.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import llama_cpp as lc
+
+from corral.errors import CorralError
+from corral.v1 import common_pb2
+from services.runner.jobs import GenEvent, GenStats, Job
+from services.runner.native import NativeModel
+from services.runner.sampling import build_chain
+from services.runner.textstream import TextStream
+
+log = logging.getLogger(__name__)
+
+PROMPT_TOO_LONG = (
+    "the prompt is longer than the context length currently available to the model; shorten the prompt, "
+    "adjust the context length in settings, or use a model with a longer context length"
+)
+MAX_REPEATS = 30  # Ollama aborts after more than 30 identical consecutive tokens
+PREDICT_FACTOR = 10  # unset num_predict is bounded to 10 x num_ctx
+
+
+@dataclass
+class Seq:
+    job: Job
+    chain: lc.llama_sampler_p
+    order: int
+    prompt_done: int  # prompt tokens already in the KV cache
+    n_past: int  # positions in the KV cache
+    limit: int
+    cached: int
+    text: TextStream
+    t_start: int
+    pending: int | None = None  # sampled, not yet decoded
+    row: int = -1  # output row in the current batch
+    generated: int = 0
+    out_ids: list[int] = field(default_factory=list)
+    last_tok: int = -1
+    repeats: int = 0
+    t_first: int = 0
+
+
+@dataclass
+class Slot:
+    id: int
+    cached: list[int] = field(default_factory=list)  # tokens whose KV this sequence holds
+    seq: Seq | None = None
+    last_used: float = 0.0
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+class Batcher:
+    def __init__(self, nm: NativeModel) -> None:
+        self.nm = nm
+        self.slots = [Slot(i) for i in range(nm.num_parallel)]
+        self.waiting: deque[Job] = deque()
+        self._order = itertools.count()
+
+    @property
+    def active(self) -> int:
+        return sum(1 for s in self.slots if s.seq is not None)
+
+    def has_work(self) -> bool:
+        return bool(self.waiting) or self.active > 0
+
+    def submit(self, job: Job) -> None:
+        """Resolves the prompt's tokens and queues the job, or reports why not."""
+        try:
+            job.tokens = self._prompt_tokens(job)
+        except CorralError as err:
+            job.emit(err)
+            return
+        self.waiting.append(job)
+
+    def _prompt_tokens(self, job: Job) -> list[int]:
+        nm = self.nm
+        if nm.is_embedding:
+            raise CorralError(common_pb2.ERROR_REASON_UNSUPPORTED, "this model does not support generate")
+        if job.prompt_tokens:
+            toks = list(job.prompt_tokens)
+            if any(t < 0 or t >= nm.n_vocab for t in toks):
+                raise CorralError(common_pb2.ERROR_REASON_INVALID_ARGUMENT, "prompt token id out of range")
+        else:
+            toks = nm.tokenize(job.prompt, add_special=job.add_bos, parse_special=True)
+        if not toks:
+            raise CorralError(common_pb2.ERROR_REASON_INVALID_ARGUMENT, "the prompt is empty")
+        if len(toks) >= nm.num_ctx:
+            raise CorralError(common_pb2.ERROR_REASON_PROMPT_TOO_LONG, PROMPT_TOO_LONG)
+        return toks
+
+    def reap_cancelled(self) -> None:
+        """Frees cancelled sequences (KV included) before the next step."""
+        for slot in self.slots:
+            if slot.seq is not None and slot.seq.job.cancelled:
+                self._release(slot, clear_kv=True)
+        if any(j.cancelled for j in self.waiting):
+            self.waiting = deque(j for j in self.waiting if not j.cancelled)
+
+    def admit(self) -> None:
+        while self.waiting:
+            free = [s for s in self.slots if s.seq is None]
+            if not free:
+                return
+            job = self.waiting.popleft()
+            # Longest common prefix wins; among equals, the least recently used slot.
+            slot = max(free, key=lambda s: (common_prefix(s.cached, job.tokens), -s.last_used))
+            self._start(slot, job)
+
+    def _start(self, slot: Slot, job: Job) -> None:
+        nm, toks = self.nm, job.tokens
+        keep = min(common_prefix(slot.cached, toks), len(toks) - 1)  # re-decode >= 1 token
+        if keep > 0 and nm.n_swa > 0 and nm.seq_pos_min(slot.id) > max(0, keep - nm.n_swa):
+            keep = 0  # the sliding window no longer holds what the suffix must attend to
+        if keep > 0 and not nm.seq_rm(slot.id, keep):
+            keep = 0
+        if keep == 0:
+            nm.seq_rm(slot.id)
+        slot.cached = slot.cached[:keep]
+        try:
+            chain = build_chain(job.params, nm.vocab, nm.num_ctx, job.grammar)
+        except CorralError as err:
+            job.emit(err)
+            return
+        p = job.params
+        slot.seq = Seq(
+            job=job,
+            chain=chain,
+            order=next(self._order),
+            prompt_done=keep,
+            n_past=keep,
+            limit=p.num_predict if p.num_predict >= 0 else PREDICT_FACTOR * nm.num_ctx,
+            cached=keep,
+            text=TextStream(p.stop),
+            t_start=time.perf_counter_ns(),
+        )
+
+    def step(self) -> None:
+        nm = self.nm
+        busy = [s for s in self.slots if s.seq is not None]
+        in_batch: list[Slot] = []
+        n = 0
+        for slot in busy:
+            seq = slot.seq
+            assert seq is not None
+            if seq.pending is not None:
+                nm.batch_add(n, seq.pending, seq.n_past, slot.id, True)
+                slot.cached.append(seq.pending)
+                seq.row, seq.pending, seq.n_past, n = n, None, seq.n_past + 1, n + 1
+                in_batch.append(slot)
+        # Cap prompt tokens while others generate, so a long prompt only slows them.
+        budget = nm.n_batch - n if n == 0 else min(nm.n_batch - n, max(32, nm.n_batch // 4))
+        prefill = sorted(
+            (s for s in busy if s.seq is not None and s.seq.prompt_done < len(s.seq.job.tokens)),
+            key=lambda s: s.seq.order if s.seq else 0,
+        )
+        for slot in prefill:
+            seq = slot.seq
+            assert seq is not None
+            toks = seq.job.tokens
+            take = min(budget, len(toks) - seq.prompt_done)
+            if take <= 0:
+                break
+            for i in range(seq.prompt_done, seq.prompt_done + take):
+                last = i == len(toks) - 1
+                nm.batch_add(n, toks[i], i, slot.id, last)
+                if last:
+                    seq.row = n
+                n += 1
+            slot.cached.extend(toks[seq.prompt_done : seq.prompt_done + take])
+            seq.prompt_done += take
+            seq.n_past += take
+            budget -= take
+            in_batch.append(slot)
+        if n == 0:
+            return
+        rc = nm.decode(n)
+        if rc != 0:
+            # Seam: on 1 (no KV slot) llama-server retries with half the batch.
+            self._decode_failed(in_batch, rc)
+            return
+        for slot in in_batch:
+            if slot.seq is not None and slot.seq.row >= 0:
+                self._sample(slot)
+
+    def _decode_failed(self, in_batch: list[Slot], rc: int) -> None:
+        """Fails the sequences in the batch; their KV may be partial, so it goes."""
+        log.error("llama_decode failed with %d", rc)
+        err = CorralError(common_pb2.ERROR_REASON_RUNNER_FAILED, f"llama_decode failed ({rc})")
+        for slot in in_batch:
+            if slot.seq is not None:
+                slot.seq.job.emit(err)
+                self._release(slot, clear_kv=True)
+
+    def _sample(self, slot: Slot) -> None:
+        nm, seq = self.nm, slot.seq
+        assert seq is not None
+        row, seq.row = seq.row, -1
+        if seq.generated >= seq.limit:  # num_predict 0: evaluate the prompt only
+            seq.t_first = seq.t_first or time.perf_counter_ns()
+            self._finish(slot, common_pb2.DONE_REASON_LENGTH)
+            return
+        tok = int(lc.llama_sampler_sample(seq.chain, nm.ctx, row))
+        seq.t_first = seq.t_first or time.perf_counter_ns()
+        seq.generated += 1
+        seq.out_ids.append(tok)
+        if nm.is_eog(tok):
+            self._finish(slot, common_pb2.DONE_REASON_STOP)
+            return
+        text = seq.text.feed(nm.piece(tok))
+        if seq.text.stopped:
+            self._finish(slot, common_pb2.DONE_REASON_STOP, text)
+            return
+        if text:
+            seq.job.emit(GenEvent(text, seq.out_ids))
+            seq.out_ids = []
+        seq.repeats = seq.repeats + 1 if tok == seq.last_tok else 0
+        seq.last_tok = tok
+        full = seq.n_past >= nm.num_ctx and not self._shift_context(slot)
+        if seq.repeats >= MAX_REPEATS:  # the 31st identical token in a row
+            self._finish(slot, common_pb2.DONE_REASON_STOP)
+        elif seq.generated >= seq.limit or full:
+            self._finish(slot, common_pb2.DONE_REASON_LENGTH)
+        else:
+            seq.pending = tok
+
+    def _shift_context(self, slot: Slot) -> bool:
+        """Seam for context shift (keep num_keep, drop half the rest, llama_memory_seq_add).
+
+        Not implemented yet: a full context ends the generation with LENGTH.
+        """
+        return False
+
+    def _finish(self, slot: Slot, reason: int, text: str = "") -> None:
+        seq = slot.seq
+        assert seq is not None
+        text += seq.text.flush()
+        now = time.perf_counter_ns()
+        stats = GenStats(
+            prompt_eval_count=len(seq.job.tokens) - seq.cached,
+            prompt_eval_duration_ns=max(0, (seq.t_first or now) - seq.t_start),
+            eval_count=seq.generated,
+            eval_duration_ns=max(0, now - seq.t_first) if seq.generated else 0,
+            prompt_cached_count=seq.cached,
+        )
+        seq.job.emit(GenEvent(text, seq.out_ids, True, reason, stats))
+        self._release(slot, clear_kv=False)
+
+    def _release(self, slot: Slot, clear_kv: bool) -> None:
+        """Frees the sequence; its KV stays for prefix reuse unless clear_kv."""
+        seq = slot.seq
+        if seq is not None:
+            lc.llama_sampler_free(seq.chain)
+            slot.seq = None
+        if clear_kv:
+            self.nm.seq_rm(slot.id)
+            slot.cached = []
+        slot.last_used = time.monotonic()
+
+    def abort_all(self, err: CorralError) -> None:
+        """Fails every running and waiting job (unload, or an unexpected error)."""
+        for slot in self.slots:
+            if slot.seq is not None:
+                slot.seq.job.emit(err)
+                self._release(slot, clear_kv=True)
+        while self.waiting:
+            self.waiting.popleft().emit(err)

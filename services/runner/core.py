@@ -1,0 +1,134 @@
+"""The runner's state: loaded instances by id, one load at a time."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from corral.errors import CorralError
+from corral.logs import fields
+from corral.v1 import common_pb2
+from services.runner.devices import DeviceInfo, DeviceProbe
+from services.runner.embed import EmbedInput, embed
+from services.runner.engine import GenerationStream, Instance, LoadInfo
+from services.runner.native import LoadSpec, NativeModel
+from services.runner.sampling import SamplingParams
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class InstanceState:
+    instance_id: str
+    model_path: str
+    info: LoadInfo
+    active_sequences: int
+    queued_requests: int
+
+
+class Runner:
+    def __init__(self, runner_id: str, probe: DeviceProbe) -> None:
+        self.runner_id = runner_id
+        self.probe = probe
+        self._instances: dict[str, Instance] = {}
+        self._load_lock = asyncio.Lock()
+        self._background: set[asyncio.Task[None]] = set()
+
+    def device(self) -> DeviceInfo:
+        return self.probe.probe()
+
+    def instance_ids(self) -> list[str]:
+        return list(self._instances)
+
+    def _get(self, instance_id: str) -> Instance:
+        inst = self._instances.get(instance_id)
+        if inst is None:
+            raise CorralError(
+                common_pb2.ERROR_REASON_INSTANCE_NOT_FOUND, f"model instance {instance_id!r} is not loaded"
+            )
+        return inst
+
+    async def load(self, instance_id: str, spec: LoadSpec) -> LoadInfo:
+        """Loads an instance; loading an id that is already loaded returns its info."""
+        if not instance_id:
+            raise CorralError(common_pb2.ERROR_REASON_INVALID_ARGUMENT, "instance_id is required")
+        async with self._load_lock:
+            existing = self._instances.get(instance_id)
+            if existing is not None and existing.info is not None:  # already loaded: idempotent
+                if existing.spec.model_path != spec.model_path:
+                    raise CorralError(
+                        common_pb2.ERROR_REASON_INVALID_ARGUMENT,
+                        f"instance {instance_id!r} is already loaded with another model",
+                    )
+                return existing.info
+            inst = Instance(instance_id, spec)
+            try:
+                info = await asyncio.shield(inst.start())
+            except asyncio.CancelledError:
+                # The caller gave up; do not leak a model nobody knows about.
+                task = asyncio.get_running_loop().create_task(inst.stop())
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+                raise
+            self._instances[instance_id] = inst
+        log.info(
+            "loaded instance",
+            extra=fields(instance_id=instance_id, model=spec.model_path, load_ms=info.load_duration_ns // 1_000_000),
+        )
+        return info
+
+    async def unload(self, instance_id: str) -> bool:
+        inst = self._instances.pop(instance_id, None)
+        if inst is None:
+            return False
+        await inst.stop()
+        log.info("unloaded instance", extra=fields(instance_id=instance_id))
+        return True
+
+    async def unload_all(self) -> None:
+        for instance_id in list(self._instances):
+            await self.unload(instance_id)
+
+    def status(self) -> list[InstanceState]:
+        return [
+            InstanceState(i.id, i.spec.model_path, i.info, i.active_sequences, i.queued_requests)
+            for i in self._instances.values()
+            if i.info is not None
+        ]
+
+    def generate(
+        self,
+        instance_id: str,
+        *,
+        prompt: str = "",
+        prompt_tokens: list[int] | None = None,
+        params: SamplingParams | None = None,
+        grammar: str = "",
+        add_bos: bool = False,
+        request_id: str = "",
+    ) -> GenerationStream:
+        return self._get(instance_id).generate(
+            prompt=prompt,
+            prompt_tokens=prompt_tokens,
+            params=params,
+            grammar=grammar,
+            add_bos=add_bos,
+            request_id=request_id,
+        )
+
+    async def embed(
+        self, instance_id: str, inputs: list[EmbedInput], truncate: bool, normalize: bool
+    ) -> tuple[list[list[float]], int]:
+        return await self._get(instance_id).call(lambda nm: embed(nm, inputs, truncate, normalize))
+
+    async def tokenize(self, instance_id: str, text: str, add_special: bool, parse_special: bool) -> list[int]:
+        return await self._get(instance_id).call(lambda nm: nm.tokenize(text, add_special, parse_special))
+
+    async def detokenize(self, instance_id: str, tokens: list[int]) -> str:
+        def run(nm: NativeModel) -> str:
+            if any(t < 0 or t >= nm.n_vocab for t in tokens):
+                raise CorralError(common_pb2.ERROR_REASON_INVALID_ARGUMENT, "token id out of range")
+            return nm.detokenize(tokens)
+
+        return await self._get(instance_id).call(run)

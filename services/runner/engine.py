@@ -1,0 +1,246 @@
+"""A loaded model instance: one owner thread, driven from asyncio.
+
+The owner thread creates the llama.cpp model and context, runs the batcher,
+and frees everything on unload; nothing else touches them. The asyncio side
+talks to it only through a thread-safe command queue; results come back with
+`loop.call_soon_threadsafe` into an asyncio.Queue per request, so the event
+loop never blocks on llama.cpp.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from corral.errors import CorralError
+from corral.v1 import common_pb2
+from services.runner.batcher import Batcher
+from services.runner.jobs import GenEvent, Job
+from services.runner.native import LoadSpec, MemoryUsage, NativeModel
+from services.runner.sampling import SamplingParams
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class LoadInfo:
+    context_length: int
+    num_parallel: int
+    memory: MemoryUsage
+    load_duration_ns: int
+
+
+class _Stop:
+    pass
+
+
+class _Wake:
+    pass
+
+
+@dataclass
+class _Call:
+    fn: Callable[[NativeModel], Any]
+    future: concurrent.futures.Future[Any]
+
+
+_Command = Job | _Call | _Stop | _Wake
+
+
+def _resolve(fut: concurrent.futures.Future[Any], value: Any = None, exc: BaseException | None = None) -> None:
+    with contextlib.suppress(concurrent.futures.InvalidStateError):  # the waiter went away
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(value)
+
+
+class GenerationStream:
+    """Async iterator of GenEvent for one request; `cancel()` frees its sequence."""
+
+    def __init__(self, instance: Instance, job: Job, events: asyncio.Queue[GenEvent | CorralError]) -> None:
+        self._instance = instance
+        self._job = job
+        self._events = events
+        self._done = False
+
+    def __aiter__(self) -> GenerationStream:
+        return self
+
+    async def __anext__(self) -> GenEvent:
+        if self._done:
+            raise StopAsyncIteration
+        ev = await self._events.get()
+        if isinstance(ev, CorralError):
+            self._done = True
+            raise ev
+        self._done = ev.done
+        return ev
+
+    def cancel(self) -> None:
+        """Idempotent; a no-op once the stream has finished."""
+        if not self._done:
+            self._done = True
+            self._job.cancelled = True
+            self._instance._wake()
+
+
+class Instance:
+    def __init__(self, instance_id: str, spec: LoadSpec) -> None:
+        self.id = instance_id
+        self.spec = spec
+        self.info: LoadInfo | None = None
+        self.active_sequences = 0
+        self.queued_requests = 0
+        self._commands: queue.SimpleQueue[_Command] = queue.SimpleQueue()
+        self._closed = False
+        self._close_lock = threading.Lock()
+        self._loaded: concurrent.futures.Future[LoadInfo] = concurrent.futures.Future()
+        self._stopped: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._thread = threading.Thread(target=self._run, name=f"llama-{instance_id}", daemon=True)
+
+    # --- asyncio side ---
+
+    async def start(self) -> LoadInfo:
+        """Loads on the owner thread; raises CorralError(LOAD_FAILED) on failure."""
+        self._thread.start()
+        self.info = await asyncio.wrap_future(self._loaded)
+        return self.info
+
+    async def stop(self) -> None:
+        """Fails in-flight requests, frees the model and ends the thread."""
+        self._put(_Stop())
+        if self._thread.ident is not None:  # started
+            await asyncio.wrap_future(self._stopped)
+
+    def generate(
+        self,
+        *,
+        prompt: str = "",
+        prompt_tokens: list[int] | None = None,
+        params: SamplingParams | None = None,
+        grammar: str = "",
+        add_bos: bool = False,
+        request_id: str = "",
+    ) -> GenerationStream:
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[GenEvent | CorralError] = asyncio.Queue()
+
+        def emit(ev: GenEvent | CorralError) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed
+                loop.call_soon_threadsafe(events.put_nowait, ev)
+
+        job = Job(
+            prompt=prompt,
+            prompt_tokens=list(prompt_tokens or []),
+            add_bos=add_bos,
+            params=params or SamplingParams(),
+            grammar=grammar,
+            emit=emit,
+            request_id=request_id,
+        )
+        self._put(job)
+        return GenerationStream(self, job, events)
+
+    async def call(self, fn: Callable[[NativeModel], T]) -> T:
+        """Runs fn(model) on the owner thread between decode steps."""
+        fut: concurrent.futures.Future[T] = concurrent.futures.Future()
+        self._put(_Call(fn, fut))
+        return await asyncio.wrap_future(fut)
+
+    def _put(self, cmd: _Command) -> None:
+        with self._close_lock:
+            if not self._closed:
+                self._commands.put(cmd)
+                return
+        if isinstance(cmd, _Stop | _Wake):
+            return
+        err = CorralError(common_pb2.ERROR_REASON_INSTANCE_NOT_FOUND, f"instance {self.id} is not loaded")
+        if isinstance(cmd, Job):
+            cmd.emit(err)
+        elif isinstance(cmd, _Call):
+            _resolve(cmd.future, exc=err)
+
+    def _wake(self) -> None:
+        self._put(_Wake())
+
+    # --- owner thread ---
+
+    def _run(self) -> None:
+        t0 = time.perf_counter_ns()
+        try:
+            nm = NativeModel(self.spec)
+        except BaseException as exc:
+            if not isinstance(exc, CorralError):
+                log.exception("load of %s failed", self.id)
+                exc = CorralError(common_pb2.ERROR_REASON_LOAD_FAILED, f"load failed: {exc}")
+            self._close()
+            _resolve(self._loaded, exc=exc)
+            _resolve(self._stopped)
+            return
+        batcher = Batcher(nm)
+        info = LoadInfo(nm.num_ctx, nm.num_parallel, nm.memory, time.perf_counter_ns() - t0)
+        _resolve(self._loaded, info)
+        try:
+            self._serve(nm, batcher)
+        finally:
+            batcher.abort_all(CorralError(common_pb2.ERROR_REASON_RUNNER_FAILED, f"instance {self.id} was unloaded"))
+            self._close()
+            nm.free()
+            self.active_sequences = self.queued_requests = 0
+            _resolve(self._stopped)
+
+    def _serve(self, nm: NativeModel, batcher: Batcher) -> None:
+        while True:
+            # Block only when idle; otherwise take what arrived and step.
+            cmd: _Command | None = self._commands.get() if not batcher.has_work() else self._poll()
+            while cmd is not None:
+                if isinstance(cmd, _Stop):
+                    return
+                if isinstance(cmd, Job):
+                    batcher.submit(cmd)
+                elif isinstance(cmd, _Call):
+                    self._run_call(nm, cmd)
+                cmd = self._poll()
+            try:
+                batcher.reap_cancelled()
+                batcher.admit()
+                self._publish(batcher)  # before the step emits, so readers of events see it
+                batcher.step()
+            except Exception as exc:  # keep serving; fail only what was in flight
+                log.exception("decode step of %s failed", self.id)
+                batcher.abort_all(CorralError(common_pb2.ERROR_REASON_RUNNER_FAILED, f"runner error: {exc}"))
+            self._publish(batcher)
+
+    def _publish(self, batcher: Batcher) -> None:
+        self.active_sequences = batcher.active
+        self.queued_requests = len(batcher.waiting)
+
+    def _poll(self) -> _Command | None:
+        try:
+            return self._commands.get_nowait()
+        except queue.Empty:
+            return None
+
+    @staticmethod
+    def _run_call(nm: NativeModel, cmd: _Call) -> None:
+        try:
+            _resolve(cmd.future, cmd.fn(nm))
+        except BaseException as exc:
+            _resolve(cmd.future, exc=exc)
+
+    def _close(self) -> None:
+        """Refuses new commands and answers the ones still queued."""
+        with self._close_lock:
+            self._closed = True
+        while (cmd := self._poll()) is not None:
+            self._put(cmd)

@@ -1,0 +1,275 @@
+"""One llama.cpp model + context, through llama-cpp-python's low-level bindings.
+
+A `NativeModel` belongs to exactly one thread (the instance's owner thread in
+engine.py); llama.cpp allows one thread per context, and the model is freed by
+that same thread.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import llama_cpp as lc
+
+from corral.errors import CorralError
+from corral.v1 import common_pb2
+from services.runner import llamalog
+from services.runner.devices import physical_cores
+
+log = logging.getLogger(__name__)
+
+DEFAULT_NUM_CTX = 4096  # Ollama's tier for < 23 GiB when the scheduler sends 0
+DEFAULT_NUM_BATCH = 512
+KV_TYPES = {"": lc.GGML_TYPE_F16, "f16": lc.GGML_TYPE_F16, "q8_0": lc.GGML_TYPE_Q8_0, "q4_0": lc.GGML_TYPE_Q4_0}
+_KV_BYTES = {lc.GGML_TYPE_F16: 2.0, lc.GGML_TYPE_Q8_0: 34 / 32, lc.GGML_TYPE_Q4_0: 18 / 32}
+
+_backend_lock = threading.Lock()
+_backend_ready = False
+
+
+def _backend_init() -> None:
+    global _backend_ready
+    with _backend_lock:
+        if not _backend_ready:
+            llamalog.install()
+            lc.llama_backend_init()
+            _backend_ready = True
+
+
+def _load_failed(msg: str) -> CorralError:
+    return CorralError(common_pb2.ERROR_REASON_LOAD_FAILED, msg)
+
+
+@dataclass(frozen=True)
+class LoadSpec:
+    """How to load an instance (LoadOptions after defaults)."""
+
+    model_path: str
+    num_ctx: int = DEFAULT_NUM_CTX  # per sequence
+    num_batch: int = DEFAULT_NUM_BATCH
+    num_parallel: int = 1
+    num_thread: int = 0  # 0 = physical cores
+    num_gpu: int = 0  # layers offloaded; negative = all
+    main_gpu: int | None = None
+    use_mmap: bool | None = None  # None = llama.cpp's choice
+    flash_attention: bool | None = None  # None = llama.cpp AUTO
+    kv_cache_type: str = "f16"
+    adapters: tuple[tuple[str, float], ...] = ()
+
+
+@dataclass(frozen=True)
+class MemoryUsage:
+    weights_bytes: int
+    kv_cache_bytes: int
+    compute_bytes: int
+    gpu_bytes: int
+
+    @property
+    def total_bytes(self) -> int:
+        return self.weights_bytes + self.kv_cache_bytes + self.compute_bytes
+
+
+class NativeModel:
+    def __init__(self, spec: LoadSpec) -> None:
+        self.spec = spec
+        self.model: int | None = None
+        self.ctx: int | None = None
+        self.batch: lc.llama_batch | None = None
+        _backend_init()
+        path = Path(spec.model_path)
+        if not path.is_file():
+            raise _load_failed(f"model file not found: {path}")
+        with path.open("rb") as f:
+            if f.read(4) != b"GGUF":
+                raise _load_failed(f"{path} is not a GGUF file")
+        with llamalog.capture() as lines:
+            try:
+                self._load(path)
+            except CorralError as err:
+                self.free()
+                reason = llamalog.errors(lines)
+                raise _load_failed(f"{err.message}: {reason}" if reason else err.message) from None
+            except BaseException:
+                self.free()
+                raise
+        self.memory = self._memory_usage(llamalog.buffer_sizes(lines))
+
+    def _load(self, path: Path) -> None:
+        spec = self.spec
+        mp = lc.llama_model_default_params()
+        mp.n_gpu_layers = 0x7FFFFFFF if spec.num_gpu < 0 else spec.num_gpu
+        if spec.main_gpu is not None:
+            mp.split_mode = lc.LLAMA_SPLIT_MODE_NONE
+            mp.main_gpu = spec.main_gpu
+        if spec.use_mmap is not None:
+            mp.load_mode = lc.LLAMA_LOAD_MODE_MMAP if spec.use_mmap else lc.LLAMA_LOAD_MODE_NONE
+        if spec.adapters:
+            mp.load_mode = lc.LLAMA_LOAD_MODE_NONE  # LoRA modifies weights in memory
+        self.model = lc.llama_model_load_from_file(str(path).encode(), mp)
+        if not self.model:
+            raise _load_failed(f"llama.cpp could not load {path}")
+        self.vocab = lc.llama_model_get_vocab(self.model)
+        self.n_vocab = lc.llama_vocab_n_tokens(self.vocab)
+        self.arch = self.meta("general.architecture") or ""
+        self.is_embedding = self.meta(f"{self.arch}.pooling_type") is not None
+        n_train = lc.llama_model_n_ctx_train(self.model)
+        num_ctx = spec.num_ctx if spec.num_ctx > 0 else DEFAULT_NUM_CTX
+        self.num_ctx = max(4, min(num_ctx, n_train) if n_train > 0 else num_ctx)
+        self.num_parallel = max(1, spec.num_parallel)
+        nb = spec.num_batch if spec.num_batch > 0 else DEFAULT_NUM_BATCH
+        self.n_batch = max(nb, self.num_parallel)  # every generating sequence needs a row
+
+        kv_type = KV_TYPES.get(spec.kv_cache_type.lower())
+        if kv_type is None:
+            raise _load_failed(f"unknown kv cache type {spec.kv_cache_type!r}; use f16, q8_0 or q4_0")
+        if kv_type != lc.GGML_TYPE_F16 and spec.flash_attention is False:
+            log.warning("quantized KV cache needs flash attention; using f16")
+            kv_type = lc.GGML_TYPE_F16
+        threads = spec.num_thread if spec.num_thread > 0 else physical_cores()
+        cp = lc.llama_context_default_params()
+        cp.n_ctx = self.num_ctx * self.num_parallel
+        cp.n_seq_max = self.num_parallel
+        cp.kv_unified = True
+        cp.n_batch = self.n_batch
+        cp.n_ubatch = self.n_batch
+        cp.n_threads = threads
+        cp.n_threads_batch = threads
+        cp.type_k = kv_type
+        cp.type_v = kv_type
+        cp.swa_full = False  # like llama-server: SWA layers keep only the window
+        cp.no_perf = True
+        cp.flash_attn_type = {
+            None: lc.LLAMA_FLASH_ATTN_TYPE_AUTO,
+            True: lc.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+            False: lc.LLAMA_FLASH_ATTN_TYPE_DISABLED,
+        }[spec.flash_attention]
+        cp.embeddings = self.is_embedding
+        if not self.is_embedding:
+            # At most one output row per sequence per batch; the default (n_batch)
+            # reserves n_batch x n_vocab floats of logits (512 MiB for Gemma 3).
+            cp.n_outputs_max = self.num_parallel
+        self.kv_type = kv_type
+        self.ctx = lc.llama_init_from_model(self.model, cp)
+        if not self.ctx:
+            raise _load_failed("llama.cpp could not create the context")
+        self._set_adapters()
+        self.mem = lc.llama_get_memory(self.ctx)
+        self.n_swa = lc.llama_model_n_swa(self.model)  # 0 = no sliding window
+        self.batch = lc.llama_batch_init(self.n_batch, 0, 1)
+
+    def _set_adapters(self) -> None:
+        if not self.spec.adapters:
+            return
+        handles = []
+        for a_path, _scale in self.spec.adapters:
+            h = lc.llama_adapter_lora_init(self.model, a_path.encode())
+            if not h:
+                raise _load_failed(f"llama.cpp could not load the adapter {a_path}")
+            handles.append(h)  # freed with the model
+        n = len(handles)
+        arr = (lc.llama_adapter_lora_p_ctypes * n)(*handles)
+        scales = (ctypes.c_float * n)(*[s or 1.0 for _p, s in self.spec.adapters])
+        if lc.llama_set_adapters_lora(self.ctx, arr, n, scales) != 0:
+            raise _load_failed("llama.cpp could not apply the adapters")
+
+    def meta(self, key: str) -> str | None:
+        buf = ctypes.create_string_buffer(256)
+        n = lc.llama_model_meta_val_str(self.model, key.encode(), buf, len(buf))
+        if n < 0:
+            return None
+        if n >= len(buf):
+            buf = ctypes.create_string_buffer(n + 1)
+            lc.llama_model_meta_val_str(self.model, key.encode(), buf, len(buf))
+        return buf.value.decode("utf-8", "replace")
+
+    def _memory_usage(self, sizes: llamalog.BufferSizes) -> MemoryUsage:
+        """Buffer sizes from llama.cpp's load log (what llama-server/Ollama report).
+
+        Without those lines: weights = llama_model_size, KV computed from the
+        hparams for the full context (an upper bound with a sliding window),
+        compute unknown (0).
+        """
+        if sizes.found:
+            return MemoryUsage(sizes.weights, sizes.kv, sizes.compute, sizes.gpu)
+        assert self.model is not None
+        n_layer = lc.llama_model_n_layer(self.model)
+        n_head = max(1, lc.llama_model_n_head(self.model))
+        n_head_kv = lc.llama_model_n_head_kv(self.model)
+        head = lc.llama_model_n_embd(self.model) // n_head
+        k_len = int(self.meta(f"{self.arch}.attention.key_length") or head)
+        v_len = int(self.meta(f"{self.arch}.attention.value_length") or head)
+        cells = self.num_ctx * self.num_parallel
+        kv = int(n_layer * cells * n_head_kv * (k_len + v_len) * _KV_BYTES[self.kv_type])
+        return MemoryUsage(int(lc.llama_model_size(self.model)), kv, 0, 0)
+
+    # --- vocabulary ---
+
+    def tokenize(self, text: str, add_special: bool, parse_special: bool) -> list[int]:
+        data = text.encode("utf-8")
+        cap = len(data) + 8
+        while True:
+            buf = (lc.llama_token * cap)()
+            n = lc.llama_tokenize(self.vocab, data, len(data), buf, cap, add_special, parse_special)
+            if n >= 0:
+                return list(buf[:n])
+            cap = -n
+
+    def detokenize(self, tokens: list[int]) -> str:
+        """Special tokens are rendered as text, like llama-server's /detokenize."""
+        arr = (lc.llama_token * len(tokens))(*tokens)
+        cap = max(64, len(tokens) * 8)
+        while True:
+            buf = ctypes.create_string_buffer(cap)
+            n = lc.llama_detokenize(self.vocab, arr, len(tokens), buf, cap, False, True)
+            if n >= 0:
+                return buf.raw[:n].decode("utf-8", "replace")
+            cap = -n
+
+    def piece(self, token: int) -> bytes:
+        """The token's bytes; control tokens render empty."""
+        buf = ctypes.create_string_buffer(64)
+        n = lc.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = lc.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
+        return buf.raw[: max(n, 0)]
+
+    def is_eog(self, token: int) -> bool:
+        return bool(lc.llama_vocab_is_eog(self.vocab, token))
+
+    # --- batch ---
+
+    def batch_add(self, row: int, token: int, pos: int, seq_id: int, output: bool) -> None:
+        b = self.batch
+        assert b is not None
+        b.token[row] = token
+        b.pos[row] = pos  # type: ignore[call-overload]  # the binding's stub says 2-D
+        b.n_seq_id[row] = 1
+        b.seq_id[row][0] = seq_id
+        b.logits[row] = 1 if output else 0
+
+    def decode(self, n_tokens: int) -> int:
+        assert self.batch is not None
+        self.batch.n_tokens = n_tokens
+        return int(lc.llama_decode(self.ctx, self.batch))
+
+    def seq_rm(self, seq_id: int, p0: int = -1) -> bool:
+        return bool(lc.llama_memory_seq_rm(self.mem, seq_id, p0, -1))
+
+    def seq_pos_min(self, seq_id: int) -> int:
+        return int(lc.llama_memory_seq_pos_min(self.mem, seq_id))
+
+    def free(self) -> None:
+        if self.batch is not None:
+            lc.llama_batch_free(self.batch)
+            self.batch = None
+        if self.ctx:
+            lc.llama_free(self.ctx)
+            self.ctx = None
+        if self.model:
+            lc.llama_model_free(self.model)
+            self.model = None

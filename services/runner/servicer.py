@@ -1,0 +1,173 @@
+"""RunnerService: thin translation between protobuf and `Runner`."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+import grpc
+
+from corral.v1 import common_pb2, runner_pb2, runner_pb2_grpc
+from services.runner.core import Runner
+from services.runner.embed import EmbedInput
+from services.runner.jobs import GenEvent
+from services.runner.native import DEFAULT_NUM_CTX, LoadSpec, MemoryUsage
+from services.runner.sampling import SamplingParams
+
+
+@dataclass(frozen=True)
+class LoadDefaults:
+    """Runner-wide values for LoadOptions fields left at 0/unset (from Settings)."""
+
+    num_ctx: int = DEFAULT_NUM_CTX
+    num_parallel: int = 1
+    num_thread: int = 0
+    flash_attention: bool | None = None
+    kv_cache_type: str = "f16"
+
+
+def load_spec(
+    req: runner_pb2.LoadModelRequest, defaults: LoadDefaults, device_kind: str, device_index: int
+) -> LoadSpec:
+    o = req.options
+    on_gpu = device_kind == "cuda"
+    main_gpu = o.main_gpu if o.HasField("main_gpu") else (device_index if on_gpu else None)
+    return LoadSpec(
+        model_path=req.model_path,
+        num_ctx=o.num_ctx or defaults.num_ctx,
+        num_batch=o.num_batch,
+        num_parallel=o.num_parallel or defaults.num_parallel,
+        num_thread=o.num_thread or defaults.num_thread,
+        num_gpu=(o.num_gpu if o.HasField("num_gpu") else -1) if on_gpu else 0,
+        main_gpu=main_gpu,
+        use_mmap=o.use_mmap if o.HasField("use_mmap") else None,
+        flash_attention=o.flash_attention if o.HasField("flash_attention") else defaults.flash_attention,
+        kv_cache_type=o.kv_cache_type or defaults.kv_cache_type,
+        adapters=tuple((a.path, a.scale or 1.0) for a in o.adapters),
+    )
+
+
+def memory_pb(m: MemoryUsage) -> runner_pb2.MemoryUsage:
+    return runner_pb2.MemoryUsage(
+        weights_bytes=m.weights_bytes,
+        kv_cache_bytes=m.kv_cache_bytes,
+        compute_bytes=m.compute_bytes,
+        gpu_bytes=m.gpu_bytes,
+        total_bytes=m.total_bytes,
+    )
+
+
+def event_pb(ev: GenEvent) -> runner_pb2.GenerateResponse:
+    out = runner_pb2.GenerateResponse(text=ev.text, token_ids=ev.token_ids, done=ev.done)
+    if ev.done:
+        out.done_reason = ev.done_reason  # type: ignore[assignment]
+    if ev.stats is not None:
+        s = ev.stats
+        out.stats.CopyFrom(
+            common_pb2.GenerationStats(
+                prompt_eval_count=s.prompt_eval_count,
+                prompt_eval_duration_ns=s.prompt_eval_duration_ns,
+                eval_count=s.eval_count,
+                eval_duration_ns=s.eval_duration_ns,
+                prompt_cached_count=s.prompt_cached_count,
+            )
+        )
+    return out
+
+
+class RunnerServicer(runner_pb2_grpc.RunnerServiceServicer):
+    def __init__(self, runner: Runner, defaults: LoadDefaults | None = None) -> None:
+        self.runner = runner
+        self.defaults = defaults or LoadDefaults()
+
+    async def LoadModel(
+        self, request: runner_pb2.LoadModelRequest, context: grpc.aio.ServicerContext
+    ) -> runner_pb2.LoadModelResponse:
+        dev = self.runner.device()
+        spec = load_spec(request, self.defaults, dev.kind, dev.index)
+        info = await self.runner.load(request.instance_id, spec)
+        return runner_pb2.LoadModelResponse(
+            instance_id=request.instance_id,
+            context_length=info.context_length,
+            num_parallel=info.num_parallel,
+            memory=memory_pb(info.memory),
+            load_duration_ns=info.load_duration_ns,
+        )
+
+    async def UnloadModel(
+        self, request: runner_pb2.UnloadModelRequest, context: grpc.aio.ServicerContext
+    ) -> runner_pb2.UnloadModelResponse:
+        return runner_pb2.UnloadModelResponse(unloaded=await self.runner.unload(request.instance_id))
+
+    async def Generate(  # type: ignore[override]
+        self, request: runner_pb2.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[runner_pb2.GenerateResponse]:
+        stream = self.runner.generate(
+            request.instance_id,
+            prompt=request.prompt,
+            prompt_tokens=list(request.prompt_tokens),
+            params=SamplingParams.from_proto(request.sampling),
+            grammar=request.grammar,
+            add_bos=request.add_bos,
+            request_id=request.request_id,
+        )
+        try:
+            async for ev in stream:
+                yield event_pb(ev)
+        finally:
+            stream.cancel()  # client cancelled (CancelledError) or went away: free the sequence
+
+    async def Embed(
+        self, request: runner_pb2.EmbedRequest, context: grpc.aio.ServicerContext
+    ) -> runner_pb2.EmbedResponse:
+        inputs = [
+            EmbedInput(tokens=tuple(i.tokens.ids)) if i.WhichOneof("input") == "tokens" else EmbedInput(text=i.text)
+            for i in request.inputs
+        ]
+        vectors, count = await self.runner.embed(request.instance_id, inputs, request.truncate, request.normalize)
+        return runner_pb2.EmbedResponse(
+            embeddings=[runner_pb2.Embedding(values=v) for v in vectors], prompt_eval_count=count
+        )
+
+    async def Tokenize(
+        self, request: runner_pb2.TokenizeRequest, context: grpc.aio.ServicerContext
+    ) -> runner_pb2.TokenizeResponse:
+        tokens = await self.runner.tokenize(
+            request.instance_id, request.text, request.add_special, request.parse_special
+        )
+        return runner_pb2.TokenizeResponse(tokens=tokens)
+
+    async def Detokenize(
+        self, request: runner_pb2.DetokenizeRequest, context: grpc.aio.ServicerContext
+    ) -> runner_pb2.DetokenizeResponse:
+        text = await self.runner.detokenize(request.instance_id, list(request.tokens))
+        return runner_pb2.DetokenizeResponse(text=text)
+
+    async def GetStatus(
+        self, request: runner_pb2.GetStatusRequest, context: grpc.aio.ServicerContext
+    ) -> runner_pb2.GetStatusResponse:
+        instances = [
+            runner_pb2.InstanceStatus(
+                instance_id=s.instance_id,
+                model_path=s.model_path,
+                memory=memory_pb(s.info.memory),
+                context_length=s.info.context_length,
+                num_parallel=s.info.num_parallel,
+                active_sequences=s.active_sequences,
+                queued_requests=s.queued_requests,
+            )
+            for s in self.runner.status()
+        ]
+        return runner_pb2.GetStatusResponse(
+            runner_id=self.runner.runner_id, device=self.runner.device().to_proto(), instances=instances
+        )
+
+
+def register(servicer: RunnerServicer) -> Callable[[grpc.aio.Server], list[str]]:
+    """A `register(server)` for GrpcService."""
+
+    def add(server: grpc.aio.Server) -> list[str]:
+        runner_pb2_grpc.add_RunnerServiceServicer_to_server(servicer, server)
+        return [runner_pb2.DESCRIPTOR.services_by_name["RunnerService"].full_name]
+
+    return add
