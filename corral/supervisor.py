@@ -85,17 +85,9 @@ def plan(settings: Settings, runtime_dir: Path, base_env: dict[str, str]) -> lis
 
 def runner_devices() -> list[str]:
     """One runner per NVIDIA GPU, or one CPU runner when there is none."""
-    try:
-        import pynvml
+    from services.runner.devices import nvidia_gpu_count
 
-        pynvml.nvmlInit()
-        try:
-            count = pynvml.nvmlDeviceGetCount()
-        finally:
-            pynvml.nvmlShutdown()
-    except Exception:  # no driver, no library: CPU only
-        count = 0
-    return [f"cuda:{i}" for i in range(count)] or ["cpu"]
+    return [f"cuda:{i}" for i in range(nvidia_gpu_count())] or ["cpu"]
 
 
 class Supervisor:

@@ -142,6 +142,23 @@ class NvmlProbe:
                     self._nvml.nvmlShutdown()
 
 
+def nvidia_gpu_count() -> int:
+    """NVIDIA GPUs visible through NVML; 0 when there is no driver or library."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception:
+        return 0
+    try:
+        return int(pynvml.nvmlDeviceGetCount())
+    except Exception:
+        return 0
+    finally:
+        with contextlib.suppress(Exception):
+            pynvml.nvmlShutdown()
+
+
 def parse_device(device: str) -> tuple[str, int]:
     """("cpu", 0) for "cpu"; ("cuda", N) for "cuda:N" (bare "cuda" means cuda:0)."""
     value = device.strip().lower()
