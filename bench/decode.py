@@ -7,7 +7,9 @@ Starts `corral serve` on a free port with a temporary models directory, creates 
 from the GGUF, then alternates rounds: direct `Llama` greedy decode, and a streamed
 `/api/generate` with the same prompt, thread count, context and `num_predict`. Decode speed
 is measured from the first to the last token on both sides (prompt evaluation excluded), and
-the ratio REST/direct is printed (target ≥ 0.97). Not a test: nothing is asserted.
+the ratio REST/direct is printed (target ≥ 0.97). Threads, context, batch size, flash attention
+(off) and the sliding-window cache mode are pinned to the same values on both sides.
+Not a test: nothing is asserted.
 """
 
 from __future__ import annotations
@@ -34,7 +36,16 @@ NUM_CTX = 1024
 def direct(model: Path, tokens: int, threads: int, rounds: int) -> list[float]:
     from llama_cpp import Llama
 
-    llm = Llama(str(model), n_ctx=NUM_CTX, n_threads=threads, n_threads_batch=threads, n_batch=512, verbose=False)
+    llm = Llama(
+        str(model),
+        n_ctx=NUM_CTX,
+        n_threads=threads,
+        n_threads_batch=threads,
+        n_batch=512,
+        flash_attn=False,  # pinned: the stack runs with CORRAL_FLASH_ATTENTION=0
+        swa_full=False,  # as the runner (and llama-server) configure it
+        verbose=False,
+    )
     speeds = []
     for _ in range(rounds):
         llm.reset()
@@ -77,13 +88,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=None, help="GGUF file (default: the Gemma 3 270M test model)")
     parser.add_argument("--tokens", type=int, default=128)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=psutil.cpu_count(logical=False) or 1)
     args = parser.parse_args()
     model = args.model or gemma_path()
 
     with tempfile.TemporaryDirectory() as tmp:
-        stack = start_stack(Path(tmp))
+        stack = start_stack(Path(tmp), CORRAL_FLASH_ATTENTION="0")
         try:
             create_model(stack.url, "bench", model)
             rest_wall, rest_reported, direct_speeds = [], [], []
