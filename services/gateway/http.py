@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
@@ -85,16 +87,43 @@ async def ndjson_stream(chunks: AsyncGenerator[dict[str, Any], None]) -> Respons
     return StreamingResponse(body(), media_type=NDJSON, headers={"X-Accel-Buffering": "no"})
 
 
+async def _disconnected(request: Request) -> None:
+    """Returns when the client hangs up (the body has been read, so only that can arrive)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
 async def collect(
-    chunks: AsyncGenerator[dict[str, Any], None], merge: Callable[[list[dict[str, Any]]], dict[str, Any]]
+    request: Request,
+    chunks: AsyncGenerator[dict[str, Any], None],
+    merge: Callable[[list[dict[str, Any]]], dict[str, Any]],
 ) -> Response:
-    """Non-streaming reply: run the stream to the end and merge its chunks into one object."""
-    items: list[dict[str, Any]] = []
+    """Non-streaming reply: run the stream to the end and merge its chunks into one object.
+
+    Unlike streams, plain handlers are not cancelled when the client leaves, so race the
+    work against the disconnect and cancel the upstream call ourselves."""
+
+    async def run() -> Response:
+        items: list[dict[str, Any]] = []
+        try:
+            async for chunk in chunks:
+                items.append(chunk)
+        except HTTPError as err:
+            return error_response(err)
+        finally:
+            await chunks.aclose()
+        return json_response(merge(items))
+
+    work = asyncio.ensure_future(run())
+    gone = asyncio.ensure_future(_disconnected(request))
     try:
-        async for chunk in chunks:
-            items.append(chunk)
-    except HTTPError as err:
-        return error_response(err)
+        await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        await chunks.aclose()
-    return json_response(merge(items))
+        gone.cancel()
+        if not work.done():
+            work.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await work  # let it cancel the runner call and release the lease
+    if work.cancelled():
+        return error_response(HTTPError(499, "request canceled", "canceled"))
+    return work.result()

@@ -107,8 +107,6 @@ class NativeModel:
             mp.main_gpu = spec.main_gpu
         if spec.use_mmap is not None:
             mp.load_mode = lc.LLAMA_LOAD_MODE_MMAP if spec.use_mmap else lc.LLAMA_LOAD_MODE_NONE
-        if spec.adapters:
-            mp.load_mode = lc.LLAMA_LOAD_MODE_NONE  # LoRA modifies weights in memory
         self.model = lc.llama_model_load_from_file(str(path).encode(), mp)
         if not self.model:
             raise _load_failed(f"llama.cpp could not load {path}")

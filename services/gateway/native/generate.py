@@ -88,4 +88,4 @@ async def generate(request: Request) -> Response:
 
     if req.stream:
         return await ndjson_stream(chunks())
-    return await collect(chunks(), _merge)
+    return await collect(request, chunks(), _merge)
