@@ -27,7 +27,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63orral/v1/registry.proto\x12\tcorral.v1\x1a\x19\x63orral/v1/scheduler.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"#\n\x13ResolveModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"M\n\x05Layer\x12\x12\n\nmedia_type\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x04\x12\x0c\n\x04\x66rom\x18\x04 \x01(\t\"\xd8\x03\n\x05Model\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tfull_name\x18\x02 \x01(\t\x12\x17\n\x0fmanifest_digest\x18\x03 \x01(\t\x12\x12\n\nsize_bytes\x18\x04 \x01(\x04\x12/\n\x0bmodified_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12(\n\x07\x64\x65tails\x18\x06 \x01(\x0b\x32\x17.corral.v1.ModelDetails\x12 \n\x06layers\x18\x07 \x03(\x0b\x32\x10.corral.v1.Layer\x12\x14\n\x0cmodel_digest\x18\x08 \x01(\t\x12\x12\n\nmodel_path\x18\t \x01(\t\x12\x10\n\x08template\x18\n \x01(\t\x12\x0e\n\x06system\x18\x0b \x01(\t\x12+\n\nparameters\x18\x0c \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x1a\n\x12gguf_chat_template\x18\r \x01(\t\x12\x1c\n\x14\x63ontext_length_train\x18\x0e \x01(\x05\x12\x14\n\x0c\x63\x61pabilities\x18\x0f \x03(\t\x12\x11\n\tbos_token\x18\x10 \x01(\t\x12\x11\n\teos_token\x18\x11 \x01(\t\x12\x15\n\radd_bos_token\x18\x12 \x01(\x08\"7\n\x14ResolveModelResponse\x12\x1f\n\x05model\x18\x01 \x01(\x0b\x32\x10.corral.v1.Model\"\x13\n\x11ListModelsRequest\"6\n\x12ListModelsResponse\x12 \n\x06models\x18\x01 \x03(\x0b\x32\x10.corral.v1.Model\"\x9b\x03\n\x12\x43reateModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x66rom\x18\x02 \x01(\t\x12\x37\n\x05\x66iles\x18\x03 \x03(\x0b\x32(.corral.v1.CreateModelRequest.FilesEntry\x12=\n\x08\x61\x64\x61pters\x18\x04 \x03(\x0b\x32+.corral.v1.CreateModelRequest.AdaptersEntry\x12\x15\n\x08template\x18\x05 \x01(\tH\x00\x88\x01\x01\x12\x13\n\x06system\x18\x06 \x01(\tH\x01\x88\x01\x01\x12+\n\nparameters\x18\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0f\n\x07license\x18\x08 \x03(\t\x12\x10\n\x08quantize\x18\t \x01(\t\x1a,\n\nFilesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a/\n\rAdaptersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0b\n\t_templateB\t\n\x07_system\"W\n\x13\x43reateModelResponse\x12\x0e\n\x06status\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\r\n\x05total\x18\x03 \x01(\x04\x12\x11\n\tcompleted\x18\x04 \x01(\x04\"!\n\x0fStatBlobRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\"6\n\x10StatBlobResponse\x12\x0e\n\x06\x65xists\x18\x01 \x01(\x08\x12\x12\n\nsize_bytes\x18\x02 \x01(\x04\"2\n\x11UploadBlobRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\r\n\x05\x63hunk\x18\x02 \x01(\x0c\"9\n\x12UploadBlobResponse\x12\x0f\n\x07\x63reated\x18\x01 \x01(\x08\x12\x12\n\nsize_bytes\x18\x02 \x01(\x04\x32\x8f\x03\n\x0fRegistryService\x12O\n\x0cResolveModel\x12\x1e.corral.v1.ResolveModelRequest\x1a\x1f.corral.v1.ResolveModelResponse\x12I\n\nListModels\x12\x1c.corral.v1.ListModelsRequest\x1a\x1d.corral.v1.ListModelsResponse\x12N\n\x0b\x43reateModel\x12\x1d.corral.v1.CreateModelRequest\x1a\x1e.corral.v1.CreateModelResponse0\x01\x12\x43\n\x08StatBlob\x12\x1a.corral.v1.StatBlobRequest\x1a\x1b.corral.v1.StatBlobResponse\x12K\n\nUploadBlob\x12\x1c.corral.v1.UploadBlobRequest\x1a\x1d.corral.v1.UploadBlobResponse(\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63orral/v1/registry.proto\x12\tcorral.v1\x1a\x19\x63orral/v1/scheduler.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"#\n\x13ResolveModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"M\n\x05Layer\x12\x12\n\nmedia_type\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x04\x12\x0c\n\x04\x66rom\x18\x04 \x01(\t\"\x84\x04\n\x05Model\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tfull_name\x18\x02 \x01(\t\x12\x17\n\x0fmanifest_digest\x18\x03 \x01(\t\x12\x12\n\nsize_bytes\x18\x04 \x01(\x04\x12/\n\x0bmodified_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12(\n\x07\x64\x65tails\x18\x06 \x01(\x0b\x32\x17.corral.v1.ModelDetails\x12 \n\x06layers\x18\x07 \x03(\x0b\x32\x10.corral.v1.Layer\x12\x14\n\x0cmodel_digest\x18\x08 \x01(\t\x12\x12\n\nmodel_path\x18\t \x01(\t\x12\x10\n\x08template\x18\n \x01(\t\x12\x0e\n\x06system\x18\x0b \x01(\t\x12+\n\nparameters\x18\x0c \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x1a\n\x12gguf_chat_template\x18\r \x01(\t\x12\x1c\n\x14\x63ontext_length_train\x18\x0e \x01(\x05\x12\x14\n\x0c\x63\x61pabilities\x18\x0f \x03(\t\x12\x11\n\tbos_token\x18\x10 \x01(\t\x12\x11\n\teos_token\x18\x11 \x01(\t\x12\x15\n\radd_bos_token\x18\x12 \x01(\x08\x12*\n\x08geometry\x18\x13 \x01(\x0b\x32\x18.corral.v1.ModelGeometry\"7\n\x14ResolveModelResponse\x12\x1f\n\x05model\x18\x01 \x01(\x0b\x32\x10.corral.v1.Model\"\x13\n\x11ListModelsRequest\"6\n\x12ListModelsResponse\x12 \n\x06models\x18\x01 \x03(\x0b\x32\x10.corral.v1.Model\"\x9b\x03\n\x12\x43reateModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x66rom\x18\x02 \x01(\t\x12\x37\n\x05\x66iles\x18\x03 \x03(\x0b\x32(.corral.v1.CreateModelRequest.FilesEntry\x12=\n\x08\x61\x64\x61pters\x18\x04 \x03(\x0b\x32+.corral.v1.CreateModelRequest.AdaptersEntry\x12\x15\n\x08template\x18\x05 \x01(\tH\x00\x88\x01\x01\x12\x13\n\x06system\x18\x06 \x01(\tH\x01\x88\x01\x01\x12+\n\nparameters\x18\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0f\n\x07license\x18\x08 \x03(\t\x12\x10\n\x08quantize\x18\t \x01(\t\x1a,\n\nFilesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a/\n\rAdaptersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0b\n\t_templateB\t\n\x07_system\"W\n\x13\x43reateModelResponse\x12\x0e\n\x06status\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\r\n\x05total\x18\x03 \x01(\x04\x12\x11\n\tcompleted\x18\x04 \x01(\x04\"!\n\x0fStatBlobRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\"6\n\x10StatBlobResponse\x12\x0e\n\x06\x65xists\x18\x01 \x01(\x08\x12\x12\n\nsize_bytes\x18\x02 \x01(\x04\"2\n\x11UploadBlobRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\r\n\x05\x63hunk\x18\x02 \x01(\x0c\"9\n\x12UploadBlobResponse\x12\x0f\n\x07\x63reated\x18\x01 \x01(\x08\x12\x12\n\nsize_bytes\x18\x02 \x01(\x04\x32\x8f\x03\n\x0fRegistryService\x12O\n\x0cResolveModel\x12\x1e.corral.v1.ResolveModelRequest\x1a\x1f.corral.v1.ResolveModelResponse\x12I\n\nListModels\x12\x1c.corral.v1.ListModelsRequest\x1a\x1d.corral.v1.ListModelsResponse\x12N\n\x0b\x43reateModel\x12\x1d.corral.v1.CreateModelRequest\x1a\x1e.corral.v1.CreateModelResponse0\x01\x12\x43\n\x08StatBlob\x12\x1a.corral.v1.StatBlobRequest\x1a\x1b.corral.v1.StatBlobResponse\x12K\n\nUploadBlob\x12\x1c.corral.v1.UploadBlobRequest\x1a\x1d.corral.v1.UploadBlobResponse(\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,29 +43,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LAYER']._serialized_start=166
   _globals['_LAYER']._serialized_end=243
   _globals['_MODEL']._serialized_start=246
-  _globals['_MODEL']._serialized_end=718
-  _globals['_RESOLVEMODELRESPONSE']._serialized_start=720
-  _globals['_RESOLVEMODELRESPONSE']._serialized_end=775
-  _globals['_LISTMODELSREQUEST']._serialized_start=777
-  _globals['_LISTMODELSREQUEST']._serialized_end=796
-  _globals['_LISTMODELSRESPONSE']._serialized_start=798
-  _globals['_LISTMODELSRESPONSE']._serialized_end=852
-  _globals['_CREATEMODELREQUEST']._serialized_start=855
-  _globals['_CREATEMODELREQUEST']._serialized_end=1266
-  _globals['_CREATEMODELREQUEST_FILESENTRY']._serialized_start=1149
-  _globals['_CREATEMODELREQUEST_FILESENTRY']._serialized_end=1193
-  _globals['_CREATEMODELREQUEST_ADAPTERSENTRY']._serialized_start=1195
-  _globals['_CREATEMODELREQUEST_ADAPTERSENTRY']._serialized_end=1242
-  _globals['_CREATEMODELRESPONSE']._serialized_start=1268
-  _globals['_CREATEMODELRESPONSE']._serialized_end=1355
-  _globals['_STATBLOBREQUEST']._serialized_start=1357
-  _globals['_STATBLOBREQUEST']._serialized_end=1390
-  _globals['_STATBLOBRESPONSE']._serialized_start=1392
-  _globals['_STATBLOBRESPONSE']._serialized_end=1446
-  _globals['_UPLOADBLOBREQUEST']._serialized_start=1448
-  _globals['_UPLOADBLOBREQUEST']._serialized_end=1498
-  _globals['_UPLOADBLOBRESPONSE']._serialized_start=1500
-  _globals['_UPLOADBLOBRESPONSE']._serialized_end=1557
-  _globals['_REGISTRYSERVICE']._serialized_start=1560
-  _globals['_REGISTRYSERVICE']._serialized_end=1959
+  _globals['_MODEL']._serialized_end=762
+  _globals['_RESOLVEMODELRESPONSE']._serialized_start=764
+  _globals['_RESOLVEMODELRESPONSE']._serialized_end=819
+  _globals['_LISTMODELSREQUEST']._serialized_start=821
+  _globals['_LISTMODELSREQUEST']._serialized_end=840
+  _globals['_LISTMODELSRESPONSE']._serialized_start=842
+  _globals['_LISTMODELSRESPONSE']._serialized_end=896
+  _globals['_CREATEMODELREQUEST']._serialized_start=899
+  _globals['_CREATEMODELREQUEST']._serialized_end=1310
+  _globals['_CREATEMODELREQUEST_FILESENTRY']._serialized_start=1193
+  _globals['_CREATEMODELREQUEST_FILESENTRY']._serialized_end=1237
+  _globals['_CREATEMODELREQUEST_ADAPTERSENTRY']._serialized_start=1239
+  _globals['_CREATEMODELREQUEST_ADAPTERSENTRY']._serialized_end=1286
+  _globals['_CREATEMODELRESPONSE']._serialized_start=1312
+  _globals['_CREATEMODELRESPONSE']._serialized_end=1399
+  _globals['_STATBLOBREQUEST']._serialized_start=1401
+  _globals['_STATBLOBREQUEST']._serialized_end=1434
+  _globals['_STATBLOBRESPONSE']._serialized_start=1436
+  _globals['_STATBLOBRESPONSE']._serialized_end=1490
+  _globals['_UPLOADBLOBREQUEST']._serialized_start=1492
+  _globals['_UPLOADBLOBREQUEST']._serialized_end=1542
+  _globals['_UPLOADBLOBRESPONSE']._serialized_start=1544
+  _globals['_UPLOADBLOBRESPONSE']._serialized_end=1601
+  _globals['_REGISTRYSERVICE']._serialized_start=1604
+  _globals['_REGISTRYSERVICE']._serialized_end=2003
 # @@protoc_insertion_point(module_scope)

@@ -43,7 +43,7 @@ class HeartbeatResponse(_message.Message):
     def __init__(self, known: _Optional[bool] = ...) -> None: ...
 
 class ModelSpec(_message.Message):
-    __slots__ = ("name", "manifest_digest", "model_digest", "model_path", "model_size_bytes", "details", "context_length_train")
+    __slots__ = ("name", "manifest_digest", "model_digest", "model_path", "model_size_bytes", "details", "context_length_train", "geometry")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MANIFEST_DIGEST_FIELD_NUMBER: _ClassVar[int]
     MODEL_DIGEST_FIELD_NUMBER: _ClassVar[int]
@@ -51,6 +51,7 @@ class ModelSpec(_message.Message):
     MODEL_SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
     DETAILS_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_LENGTH_TRAIN_FIELD_NUMBER: _ClassVar[int]
+    GEOMETRY_FIELD_NUMBER: _ClassVar[int]
     name: str
     manifest_digest: str
     model_digest: str
@@ -58,7 +59,32 @@ class ModelSpec(_message.Message):
     model_size_bytes: int
     details: ModelDetails
     context_length_train: int
-    def __init__(self, name: _Optional[str] = ..., manifest_digest: _Optional[str] = ..., model_digest: _Optional[str] = ..., model_path: _Optional[str] = ..., model_size_bytes: _Optional[int] = ..., details: _Optional[_Union[ModelDetails, _Mapping]] = ..., context_length_train: _Optional[int] = ...) -> None: ...
+    geometry: ModelGeometry
+    def __init__(self, name: _Optional[str] = ..., manifest_digest: _Optional[str] = ..., model_digest: _Optional[str] = ..., model_path: _Optional[str] = ..., model_size_bytes: _Optional[int] = ..., details: _Optional[_Union[ModelDetails, _Mapping]] = ..., context_length_train: _Optional[int] = ..., geometry: _Optional[_Union[ModelGeometry, _Mapping]] = ...) -> None: ...
+
+class ModelGeometry(_message.Message):
+    __slots__ = ("block_count", "embedding_length", "head_count", "head_count_kv", "key_length", "value_length", "sliding_window", "layer_bytes", "output_bytes", "other_bytes")
+    BLOCK_COUNT_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDING_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    HEAD_COUNT_FIELD_NUMBER: _ClassVar[int]
+    HEAD_COUNT_KV_FIELD_NUMBER: _ClassVar[int]
+    KEY_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    VALUE_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    SLIDING_WINDOW_FIELD_NUMBER: _ClassVar[int]
+    LAYER_BYTES_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    OTHER_BYTES_FIELD_NUMBER: _ClassVar[int]
+    block_count: int
+    embedding_length: int
+    head_count: int
+    head_count_kv: int
+    key_length: int
+    value_length: int
+    sliding_window: int
+    layer_bytes: _containers.RepeatedScalarFieldContainer[int]
+    output_bytes: int
+    other_bytes: int
+    def __init__(self, block_count: _Optional[int] = ..., embedding_length: _Optional[int] = ..., head_count: _Optional[int] = ..., head_count_kv: _Optional[int] = ..., key_length: _Optional[int] = ..., value_length: _Optional[int] = ..., sliding_window: _Optional[int] = ..., layer_bytes: _Optional[_Iterable[int]] = ..., output_bytes: _Optional[int] = ..., other_bytes: _Optional[int] = ...) -> None: ...
 
 class ModelDetails(_message.Message):
     __slots__ = ("parent_model", "format", "family", "families", "parameter_size", "quantization_level")

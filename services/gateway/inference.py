@@ -36,6 +36,7 @@ def model_spec(model: registry_pb2.Model) -> scheduler_pb2.ModelSpec:
         model_size_bytes=next((layer.size_bytes for layer in model.layers if layer.digest == model.model_digest), 0),
         details=model.details,
         context_length_train=model.context_length_train,
+        geometry=model.geometry,
     )
 
 

@@ -51,6 +51,7 @@ class TensorInfo:
     name: str
     type: str  # GGML type name, e.g. "Q4_K"
     shape: list[int]
+    size: int = 0  # bytes of data; 0 for a type newer than the gguf package
 
 
 @dataclass
@@ -252,7 +253,8 @@ def _parse(cur: _Cursor) -> tuple[GGUFInfo, int]:
             type_name = GGMLQuantizationType(ggml_type).name
         except ValueError:
             type_name = str(ggml_type)
-        infos.append((TensorInfo(name, type_name, shape), offset, _tensor_bytes(ggml_type, shape)))
+        nbytes = _tensor_bytes(ggml_type, shape)
+        infos.append((TensorInfo(name, type_name, shape, nbytes or 0), offset, nbytes))
     data_start = -(-cur.offset // alignment) * alignment
     for info, offset, nbytes in infos:
         if offset % alignment or data_start + offset + (nbytes or 0) > cur.size:

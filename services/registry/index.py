@@ -25,7 +25,7 @@ from services.registry.manifest import Manifest
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2  # 2: GGUF info carries special-token texts
+SCHEMA_VERSION = 3  # 2: GGUF info carries special-token texts; 3: tensor sizes
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS models (
     key TEXT PRIMARY KEY,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,6 +80,53 @@ class StoredModel:
     @property
     def context_length_train(self) -> int:
         return self.gguf.context_length if self.gguf else 0
+
+
+_BLOCK = re.compile(r"^blk\.(\d+)\.")
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """What the scheduler's memory estimate needs (scheduler_pb2.ModelGeometry)."""
+
+    block_count: int = 0
+    embedding_length: int = 0
+    head_count: int = 0
+    head_count_kv: int = 0
+    key_length: int = 0
+    value_length: int = 0
+    sliding_window: int = 0
+    layer_bytes: tuple[int, ...] = ()
+    output_bytes: int = 0
+    other_bytes: int = 0
+
+
+def geometry(info: GGUFInfo) -> Geometry:
+    layers = [0] * info.block_count
+    other = output = token_embd = 0
+    for t in info.tensors:
+        m = _BLOCK.match(t.name)
+        if m and int(m.group(1)) < len(layers):
+            layers[int(m.group(1))] += t.size
+        else:
+            other += t.size
+        if t.name == "output.weight":
+            output = t.size
+        elif t.name == "token_embd.weight":
+            token_embd = t.size
+    window = info.kv.get(f"{info.architecture}.attention.sliding_window")
+    return Geometry(
+        block_count=info.block_count,
+        embedding_length=info.embedding_length,
+        head_count=info.head_count,
+        head_count_kv=info.head_count_kv,
+        key_length=info.key_length,
+        value_length=info.value_length,
+        sliding_window=window if isinstance(window, int) and not isinstance(window, bool) and window > 0 else 0,
+        layer_bytes=tuple(layers),
+        output_bytes=output or token_embd,  # a tied head reads the token embedding
+        other_bytes=other,
+    )
 
 
 def capabilities(gguf: GGUFInfo | None, template: str, has_projector: bool) -> tuple[str, ...]:

@@ -12,7 +12,7 @@ from corral.v1 import common_pb2, registry_pb2, registry_pb2_grpc, scheduler_pb2
 from services.registry.core import Registry
 from services.registry.create import CreateRequest
 from services.registry.digests import INVALID_DIGEST_MESSAGE
-from services.registry.model import StoredModel
+from services.registry.model import StoredModel, geometry
 
 
 def model_to_proto(m: StoredModel) -> registry_pb2.Model:
@@ -45,6 +45,9 @@ def model_to_proto(m: StoredModel) -> registry_pb2.Model:
         add_bos_token=m.add_bos_token,
     )
     out.modified_at.FromNanoseconds(m.modified_at_ns)
+    if m.gguf is not None:
+        g = geometry(m.gguf)
+        out.geometry.CopyFrom(scheduler_pb2.ModelGeometry(**{**g.__dict__, "layer_bytes": list(g.layer_bytes)}))
     if m.parameters:
         out.parameters.update(m.parameters)
     return out

@@ -33,3 +33,15 @@ async def test_gemma_create_and_resolve(registry: Registry, gemma_path: Path) ->
     # This build of the file ships no tokenizer.chat_template: the gateway needs a fallback template.
     assert m.gguf_chat_template == ""
     assert (m.bos_token, m.eos_token, m.add_bos_token) == ("<bos>", "<eos>", True)
+
+
+def test_gemma_geometry_for_the_memory_estimate(gemma_path: Path) -> None:
+    from services.registry.gguf_meta import read_gguf_info
+    from services.registry.model import geometry
+
+    g = geometry(read_gguf_info(gemma_path))
+    assert (g.block_count, g.head_count, g.head_count_kv, g.key_length, g.sliding_window) == (18, 4, 1, 256, 512)
+    assert len(g.layer_bytes) == 18 and all(b > 3_000_000 for b in g.layer_bytes)
+    # The LM head is tied to the 262144 x 640 Q8_0 token embedding.
+    assert g.output_bytes == 262144 * 640 // 32 * 34
+    assert sum(g.layer_bytes) + g.other_bytes == sum(t.size for t in read_gguf_info(gemma_path).tensors)
