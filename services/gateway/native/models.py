@@ -1,4 +1,4 @@
-"""Model management: /api/tags, /api/create, /api/blobs/:digest, /api/ps."""
+"""Model management: /api/tags, /api/create, /api/blobs/:digest."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ router = APIRouter()
 UPLOAD_CHUNK = 1 << 20
 
 
-def _details(d: scheduler_pb2.ModelDetails, parent: bool = True) -> dict[str, Any]:
+def details_json(d: scheduler_pb2.ModelDetails, parent: bool = True) -> dict[str, Any]:
     out: dict[str, Any] = {
         "format": d.format,
         "family": d.family,
@@ -32,7 +32,7 @@ def _details(d: scheduler_pb2.ModelDetails, parent: bool = True) -> dict[str, An
     return out
 
 
-def _hex(digest: str) -> str:
+def digest_hex(digest: str) -> str:
     return digest.removeprefix("sha256:")
 
 
@@ -48,32 +48,8 @@ async def tags(request: Request) -> Response:
             "model": m.name,
             "modified_at": rfc3339(m.modified_at.ToDatetime().replace(tzinfo=None)),
             "size": m.size_bytes,
-            "digest": _hex(m.manifest_digest),
-            "details": _details(m.details),
-        }
-        for m in resp.models
-    ]
-    return json_response({"models": models})
-
-
-@router.get("/api/ps")
-async def ps(request: Request) -> Response:
-    try:
-        resp = await request.app.state.backends.scheduler.ListLoadedModels(
-            scheduler_pb2.ListLoadedModelsRequest(), timeout=30
-        )
-    except grpc.RpcError as err:
-        raise errors.from_rpc(err) from err
-    models = [
-        {
-            "name": m.name,
-            "model": m.name,
-            "size": m.size_bytes,
-            "digest": _hex(m.manifest_digest),
-            "details": _details(m.details, parent=False),
-            "expires_at": rfc3339(m.expires_at.ToDatetime()),
-            "size_vram": m.size_vram_bytes,
-            "context_length": m.context_length,
+            "digest": digest_hex(m.manifest_digest),
+            "details": details_json(m.details),
         }
         for m in resp.models
     ]
