@@ -63,7 +63,7 @@ class ModelSpec(_message.Message):
     def __init__(self, name: _Optional[str] = ..., manifest_digest: _Optional[str] = ..., model_digest: _Optional[str] = ..., model_path: _Optional[str] = ..., model_size_bytes: _Optional[int] = ..., details: _Optional[_Union[ModelDetails, _Mapping]] = ..., context_length_train: _Optional[int] = ..., geometry: _Optional[_Union[ModelGeometry, _Mapping]] = ...) -> None: ...
 
 class ModelGeometry(_message.Message):
-    __slots__ = ("block_count", "embedding_length", "head_count", "head_count_kv", "key_length", "value_length", "sliding_window", "layer_bytes", "output_bytes", "other_bytes")
+    __slots__ = ("block_count", "embedding_length", "head_count", "head_count_kv", "key_length", "value_length", "sliding_window", "layer_bytes", "output_bytes", "other_bytes", "vocab_size")
     BLOCK_COUNT_FIELD_NUMBER: _ClassVar[int]
     EMBEDDING_LENGTH_FIELD_NUMBER: _ClassVar[int]
     HEAD_COUNT_FIELD_NUMBER: _ClassVar[int]
@@ -74,6 +74,7 @@ class ModelGeometry(_message.Message):
     LAYER_BYTES_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_BYTES_FIELD_NUMBER: _ClassVar[int]
     OTHER_BYTES_FIELD_NUMBER: _ClassVar[int]
+    VOCAB_SIZE_FIELD_NUMBER: _ClassVar[int]
     block_count: int
     embedding_length: int
     head_count: int
@@ -84,7 +85,8 @@ class ModelGeometry(_message.Message):
     layer_bytes: _containers.RepeatedScalarFieldContainer[int]
     output_bytes: int
     other_bytes: int
-    def __init__(self, block_count: _Optional[int] = ..., embedding_length: _Optional[int] = ..., head_count: _Optional[int] = ..., head_count_kv: _Optional[int] = ..., key_length: _Optional[int] = ..., value_length: _Optional[int] = ..., sliding_window: _Optional[int] = ..., layer_bytes: _Optional[_Iterable[int]] = ..., output_bytes: _Optional[int] = ..., other_bytes: _Optional[int] = ...) -> None: ...
+    vocab_size: int
+    def __init__(self, block_count: _Optional[int] = ..., embedding_length: _Optional[int] = ..., head_count: _Optional[int] = ..., head_count_kv: _Optional[int] = ..., key_length: _Optional[int] = ..., value_length: _Optional[int] = ..., sliding_window: _Optional[int] = ..., layer_bytes: _Optional[_Iterable[int]] = ..., output_bytes: _Optional[int] = ..., other_bytes: _Optional[int] = ..., vocab_size: _Optional[int] = ...) -> None: ...
 
 class ModelDetails(_message.Message):
     __slots__ = ("parent_model", "format", "family", "families", "parameter_size", "quantization_level")
@@ -183,3 +185,41 @@ class ListLoadedModelsResponse(_message.Message):
     MODELS_FIELD_NUMBER: _ClassVar[int]
     models: _containers.RepeatedCompositeFieldContainer[LoadedModel]
     def __init__(self, models: _Optional[_Iterable[_Union[LoadedModel, _Mapping]]] = ...) -> None: ...
+
+class GetInfoRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class RunnerInfo(_message.Message):
+    __slots__ = ("runner_id", "address", "device", "loaded_models", "allocated_bytes", "available_bytes")
+    RUNNER_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    LOADED_MODELS_FIELD_NUMBER: _ClassVar[int]
+    ALLOCATED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    AVAILABLE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    runner_id: str
+    address: str
+    device: _common_pb2.Device
+    loaded_models: int
+    allocated_bytes: int
+    available_bytes: int
+    def __init__(self, runner_id: _Optional[str] = ..., address: _Optional[str] = ..., device: _Optional[_Union[_common_pb2.Device, _Mapping]] = ..., loaded_models: _Optional[int] = ..., allocated_bytes: _Optional[int] = ..., available_bytes: _Optional[int] = ...) -> None: ...
+
+class GetInfoResponse(_message.Message):
+    __slots__ = ("runners", "max_loaded_models", "max_queue", "num_parallel", "default_context_length", "default_keep_alive_seconds", "queued_requests")
+    RUNNERS_FIELD_NUMBER: _ClassVar[int]
+    MAX_LOADED_MODELS_FIELD_NUMBER: _ClassVar[int]
+    MAX_QUEUE_FIELD_NUMBER: _ClassVar[int]
+    NUM_PARALLEL_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_CONTEXT_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_KEEP_ALIVE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    QUEUED_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    runners: _containers.RepeatedCompositeFieldContainer[RunnerInfo]
+    max_loaded_models: int
+    max_queue: int
+    num_parallel: int
+    default_context_length: int
+    default_keep_alive_seconds: float
+    queued_requests: int
+    def __init__(self, runners: _Optional[_Iterable[_Union[RunnerInfo, _Mapping]]] = ..., max_loaded_models: _Optional[int] = ..., max_queue: _Optional[int] = ..., num_parallel: _Optional[int] = ..., default_context_length: _Optional[int] = ..., default_keep_alive_seconds: _Optional[float] = ..., queued_requests: _Optional[int] = ...) -> None: ...

@@ -67,6 +67,11 @@ class SchedulerServiceStub:
                 request_serializer=corral_dot_v1_dot_scheduler__pb2.ListLoadedModelsRequest.SerializeToString,
                 response_deserializer=corral_dot_v1_dot_scheduler__pb2.ListLoadedModelsResponse.FromString,
                 _registered_method=True)
+        self.GetInfo = channel.unary_unary(
+                '/corral.v1.SchedulerService/GetInfo',
+                request_serializer=corral_dot_v1_dot_scheduler__pb2.GetInfoRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_scheduler__pb2.GetInfoResponse.FromString,
+                _registered_method=True)
 
 
 class SchedulerServiceServicer:
@@ -119,6 +124,13 @@ class SchedulerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetInfo(self, request, context):
+        """Describes the devices, runners and limits the scheduler works with (/api/info).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SchedulerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -151,6 +163,11 @@ def add_SchedulerServiceServicer_to_server(servicer, server):
                     servicer.ListLoadedModels,
                     request_deserializer=corral_dot_v1_dot_scheduler__pb2.ListLoadedModelsRequest.FromString,
                     response_serializer=corral_dot_v1_dot_scheduler__pb2.ListLoadedModelsResponse.SerializeToString,
+            ),
+            'GetInfo': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetInfo,
+                    request_deserializer=corral_dot_v1_dot_scheduler__pb2.GetInfoRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_scheduler__pb2.GetInfoResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -318,6 +335,33 @@ class SchedulerService:
             '/corral.v1.SchedulerService/ListLoadedModels',
             corral_dot_v1_dot_scheduler__pb2.ListLoadedModelsRequest.SerializeToString,
             corral_dot_v1_dot_scheduler__pb2.ListLoadedModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetInfo(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.SchedulerService/GetInfo',
+            corral_dot_v1_dot_scheduler__pb2.GetInfoRequest.SerializeToString,
+            corral_dot_v1_dot_scheduler__pb2.GetInfoResponse.FromString,
             options,
             channel_credentials,
             insecure,

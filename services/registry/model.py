@@ -99,6 +99,7 @@ class Geometry:
     layer_bytes: tuple[int, ...] = ()
     output_bytes: int = 0
     other_bytes: int = 0
+    vocab_size: int = 0
 
 
 def geometry(info: GGUFInfo) -> Geometry:
@@ -126,6 +127,7 @@ def geometry(info: GGUFInfo) -> Geometry:
         layer_bytes=tuple(layers),
         output_bytes=output or token_embd,  # a tied head reads the token embedding
         other_bytes=other,
+        vocab_size=info.elided_arrays.get("tokenizer.ggml.tokens") or len(info.kv.get("tokenizer.ggml.tokens") or []),
     )
 
 

@@ -21,7 +21,7 @@ import grpc
 from corral.errors import CorralError
 from corral.logs import fields
 from corral.v1 import common_pb2, runner_pb2, scheduler_pb2
-from services.scheduler import placement
+from services.scheduler import memory, placement
 from services.scheduler.inventory import Device, Instance, Inventory, LoadKey, Runner, State
 from services.scheduler.runners import RunnerClient
 
@@ -42,6 +42,7 @@ class SchedulerConfig:
     heartbeat_interval: float = 2.0
     kv_cache_type: str = "f16"
     flash_attention: bool | None = None
+    release_settle: float = 5.0  # seconds a device's free memory may lag an unload
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,7 @@ class Scheduler:
         self.inv = Inventory()
         self._cond = asyncio.Condition()
         self._pending = 0
-        self._loading = False
+        self._loading: set[str] = set()  # runners with a load in flight (one at a time each)
         self._leases: dict[str, str] = {}  # lease id -> instance id
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._monitor: asyncio.Task[None] | None = None
@@ -97,8 +98,7 @@ class Scheduler:
             runner = self.inv.runners.get(runner_id)
             if runner is None:
                 return False
-            runner.device = device
-            runner.last_seen = time.monotonic()
+            runner.on_report(device, time.monotonic(), settle=self.config.release_settle)
             return True
 
     def _forget_runner(self, runner_id: str, why: str) -> None:
@@ -204,11 +204,10 @@ class Scheduler:
         idle_stale = tuple(i for i in stale if i.leases == 0)
         if idle_stale:
             return _Unload(idle_stale)
-        if stale or self._loading:
+        if stale:
             return None
-        need = placement.estimate_memory(spec.model_size_bytes, key.num_ctx, key.num_parallel, 0)
-        gpus = sum(1 for r in self.inv.runners.values() if r.device.is_gpu)
-        decision = placement.place(self.inv, key, need, placement.max_loaded(self.config.max_loaded_models, gpus))
+        est = memory.estimate(spec, key)
+        decision = placement.place(self.inv, key, est, self.max_loaded_models())
         if isinstance(decision, placement.Wait):
             return None
         if isinstance(decision, placement.Evict):
@@ -216,16 +215,27 @@ class Scheduler:
             for v in victims:
                 v.state = State.EXPIRING
             return _Unload(victims)
+        if decision.runner_id in self._loading:
+            return None
+        runner = self.inv.runners[decision.runner_id]
         inst = Instance(
             id=uuid.uuid4().hex[:12],
             runner_id=decision.runner_id,
             key=key,
             spec=spec,
-            memory_estimate=need,
+            memory_estimate=est.total,
+            gpu_estimate=est.on_gpu(decision.gpu_layers) if runner.device.is_gpu else 0,
+            gpu_layers=decision.gpu_layers,
             keep_alive=self.config.keep_alive if keep_alive is None else keep_alive,
         )
         self.inv.instances[inst.id] = inst
-        self._loading = True
+        self._loading.add(runner.id)
+        log.info(
+            "placing model",
+            extra=fields(
+                model=spec.name, runner=runner.id, estimate=est.total, gpu_layers=decision.gpu_layers, kv=est.kv
+            ),
+        )
         return _Load(inst, self.inv.runners[decision.runner_id])
 
     def _grant(self, inst: Instance, keep_alive: float | None, load_ns: int) -> Lease:
@@ -252,7 +262,7 @@ class Scheduler:
         opts = common_pb2.LoadOptions(
             num_ctx=k.num_ctx,
             num_batch=k.num_batch,
-            num_gpu=k.num_gpu,
+            num_gpu=inst.gpu_layers,
             num_thread=k.num_thread,
             num_parallel=k.num_parallel,
             kv_cache_type=k.kv_cache_type,
@@ -270,7 +280,7 @@ class Scheduler:
             resp = await self.client.load(runner.address, request, timeout=self.config.load_timeout)
         except CorralError as err:
             async with self._cond:
-                self._loading = False
+                self._loading.discard(runner.id)
                 self._drop_instance(inst)
                 if err.code == grpc.StatusCode.UNAVAILABLE:
                     self._forget_runner(runner.id, "unreachable during load")
@@ -280,12 +290,12 @@ class Scheduler:
             raise
         except BaseException:
             async with self._cond:
-                self._loading = False
+                self._loading.discard(runner.id)
                 self._drop_instance(inst)
                 self._cond.notify_all()
             raise
         async with self._cond:
-            self._loading = False
+            self._loading.discard(runner.id)
             if inst.id in self.inv.instances:
                 inst.state = State.READY
                 inst.context_length = resp.context_length or k.num_ctx
@@ -298,6 +308,7 @@ class Scheduler:
             runner = self.inv.runners.get(inst.runner_id)
             if runner is not None:
                 await self.client.unload(runner.address, inst.id)
+                runner.on_release(inst.device_bytes(runner.device.is_gpu), time.monotonic())
             log.info("unloaded model", extra=fields(model=inst.spec.name, instance=inst.id))
         async with self._cond:
             for inst in instances:
@@ -350,6 +361,18 @@ class Scheduler:
                 if inst.idle:
                     self._on_idle(inst)
             return bool(found)
+
+    @property
+    def pending(self) -> int:
+        return self._pending
+
+    def max_loaded_models(self) -> int:
+        gpus = sum(1 for r in self.inv.runners.values() if r.device.is_gpu)
+        return placement.max_loaded(self.config.max_loaded_models, gpus)
+
+    def default_num_ctx(self) -> int:
+        gpu_total = sum(r.device.total_memory for r in self.inv.runners.values() if r.device.is_gpu)
+        return placement.default_num_ctx(gpu_total, self.config.context_length, 0)
 
     def loaded(self) -> list[Instance]:
         # Latest expiry first; "forever" and busy instances lead.

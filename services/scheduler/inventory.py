@@ -32,6 +32,17 @@ class Device:
     def from_proto(cls, d: common_pb2.Device) -> Device:
         return cls(d.id, d.kind, d.index, d.name, d.total_memory_bytes, d.free_memory_bytes, d.host)
 
+    def to_proto(self) -> common_pb2.Device:
+        return common_pb2.Device(
+            id=self.id,
+            kind=self.kind,  # type: ignore[arg-type]
+            index=self.index,
+            name=self.name,
+            total_memory_bytes=self.total_memory,
+            free_memory_bytes=self.free_memory,
+            host=self.host,
+        )
+
 
 @dataclass
 class Runner:
@@ -39,6 +50,23 @@ class Runner:
     address: str
     device: Device
     last_seen: float = field(default_factory=time.monotonic)
+    # Bytes we unloaded that the device's free-memory report may not show yet, and when.
+    unreported_release: int = 0
+    released_at: float = 0.0
+
+    def on_report(self, device: Device, now: float, settle: float) -> None:
+        """Take a fresh device report; what it now shows as freed leaves the unreported pool."""
+        rose = device.free_memory - self.device.free_memory
+        if rose > 0:
+            self.unreported_release = max(0, self.unreported_release - rose)
+        if now - self.released_at > settle:
+            self.unreported_release = 0
+        self.device = device
+        self.last_seen = now
+
+    def on_release(self, nbytes: int, now: float) -> None:
+        self.unreported_release += nbytes
+        self.released_at = now
 
 
 class State(enum.Enum):
@@ -69,8 +97,10 @@ class Instance:
     runner_id: str
     key: LoadKey
     spec: scheduler_pb2.ModelSpec
-    memory_estimate: int
+    memory_estimate: int  # total bytes, from memory.estimate
+    gpu_estimate: int  # the part on a GPU device
     keep_alive: float  # seconds; math.inf = forever
+    gpu_layers: int = -1  # blocks offloaded when on a GPU runner; -1 = all
     state: State = State.LOADING
     leases: int = 0
     context_length: int = 0
@@ -85,7 +115,18 @@ class Instance:
 
     @property
     def memory(self) -> int:
+        """Total bytes: what the runner reported after load, else the estimate."""
         return self.size_bytes or self.memory_estimate
+
+    def device_bytes(self, gpu: bool) -> int:
+        """Bytes this instance holds on its runner's device (VRAM on a GPU, RAM on the CPU)."""
+        if not gpu:
+            return self.memory
+        return self.size_vram_bytes if self.size_bytes else self.gpu_estimate
+
+    @property
+    def pinned(self) -> bool:
+        return math.isinf(self.keep_alive)
 
 
 @dataclass

@@ -9,6 +9,7 @@ import grpc
 from google.protobuf import timestamp_pb2
 
 from corral.v1 import scheduler_pb2, scheduler_pb2_grpc
+from services.scheduler import placement
 from services.scheduler.core import Scheduler
 from services.scheduler.inventory import Device
 
@@ -79,4 +80,29 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
             if math.isinf(expires):  # busy or forever: show when it would expire if idle now
                 expires = time.time() + inst.keep_alive if not math.isinf(inst.keep_alive) else FOREVER_SECONDS
             m.expires_at.CopyFrom(timestamp_pb2.Timestamp(seconds=int(expires), nanos=int((expires % 1) * 1e9)))
+        return out
+
+    async def GetInfo(
+        self, request: scheduler_pb2.GetInfoRequest, context: grpc.aio.ServicerContext
+    ) -> scheduler_pb2.GetInfoResponse:
+        core = self.core
+        out = scheduler_pb2.GetInfoResponse(
+            max_loaded_models=core.max_loaded_models(),
+            max_queue=core.config.max_queue,
+            num_parallel=core.config.num_parallel,
+            default_context_length=core.default_num_ctx(),
+            default_keep_alive_seconds=-1.0 if math.isinf(core.config.keep_alive) else core.config.keep_alive,
+            queued_requests=core.pending,
+        )
+        for r in core.inv.runners.values():
+            instances = core.inv.on_runner(r.id)
+            d = r.device
+            out.runners.add(
+                runner_id=r.id,
+                address=r.address,
+                device=d.to_proto(),
+                loaded_models=len(instances),
+                allocated_bytes=sum(i.device_bytes(d.is_gpu) for i in instances),
+                available_bytes=placement.available(core.inv, r),
+            )
         return out

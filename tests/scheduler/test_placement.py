@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 from corral.v1 import common_pb2, scheduler_pb2
 from services.scheduler import placement
 from services.scheduler.inventory import Device, Instance, Inventory, LoadKey, Runner, State
+from services.scheduler.memory import Estimate
 
 GIB = 1 << 30
 
@@ -22,41 +25,56 @@ def gpu(index: int, total: int, free: int | None = None) -> Runner:
     return Runner(f"gpu{index}", f"unix:/gpu{index}", dev)
 
 
-def loaded(inv: Inventory, iid: str, runner: str, memory: int, leases: int = 0, last_used: float = 0.0) -> Instance:
-    inst = Instance(iid, runner, key(f"sha256:{iid}"), scheduler_pb2.ModelSpec(), memory, 300.0)
+def est(total: int, layers: int = 1) -> Estimate:
+    """An estimate of `total` bytes spread evenly over `layers` blocks."""
+    return Estimate(layers=(total // layers,) * layers, rest=0, kv=0, compute=0)
+
+
+def loaded(
+    inv: Inventory,
+    iid: str,
+    runner: str,
+    memory: int,
+    leases: int = 0,
+    last_used: float = 0.0,
+    keep_alive: float = 300.0,
+) -> Instance:
+    inst = Instance(iid, runner, key(f"sha256:{iid}"), scheduler_pb2.ModelSpec(), memory, memory, keep_alive)
     inst.state, inst.leases, inst.size_bytes, inst.last_used = State.READY, leases, memory, last_used
+    on_gpu = inv.runners[runner].device.is_gpu if runner in inv.runners else False
+    inst.size_vram_bytes = memory if on_gpu else 0
     inv.instances[iid] = inst
     return inst
 
 
 def test_no_runner_waits() -> None:
-    assert isinstance(placement.place(Inventory(), key(), GIB, 3), placement.Wait)
+    assert isinstance(placement.place(Inventory(), key(), est(GIB), 3), placement.Wait)
 
 
 def test_single_cpu_places_on_it() -> None:
     inv = Inventory(runners={"cpu": cpu()})
-    assert placement.place(inv, key(), GIB, 3) == placement.Place("cpu")
+    assert placement.place(inv, key(), est(GIB), 3) == placement.Place("cpu")
 
 
 def test_gpu_preferred_over_cpu_when_it_fits() -> None:
     inv = Inventory(runners={"cpu": cpu(), "gpu0": gpu(0, 24 * GIB)})
-    assert placement.place(inv, key(), 8 * GIB, 3) == placement.Place("gpu0")
+    assert placement.place(inv, key(), est(8 * GIB), 3) == placement.Place("gpu0")
 
 
 def test_num_gpu_zero_forces_cpu() -> None:
     inv = Inventory(runners={"cpu": cpu(), "gpu0": gpu(0, 24 * GIB)})
-    assert placement.place(inv, key(num_gpu=0), GIB, 3) == placement.Place("cpu")
+    assert placement.place(inv, key(num_gpu=0), est(GIB), 3) == placement.Place("cpu", 0)
 
 
 def test_two_gpus_pick_the_one_with_room() -> None:
     inv = Inventory(runners={"gpu0": gpu(0, 80 * GIB), "gpu1": gpu(1, 80 * GIB)})
     loaded(inv, "big", "gpu0", 70 * GIB)
-    assert placement.place(inv, key(), 40 * GIB, 6) == placement.Place("gpu1")
+    assert placement.place(inv, key(), est(40 * GIB), 6) == placement.Place("gpu1")
 
 
 def test_main_gpu_is_honoured() -> None:
     inv = Inventory(runners={"gpu0": gpu(0, 80 * GIB), "gpu1": gpu(1, 80 * GIB)})
-    assert placement.place(inv, key(main_gpu=0), GIB, 6) == placement.Place("gpu0")
+    assert placement.place(inv, key(main_gpu=0), est(GIB), 6) == placement.Place("gpu0")
 
 
 def test_evicts_smallest_sufficient_idle_instance() -> None:
@@ -65,25 +83,56 @@ def test_evicts_smallest_sufficient_idle_instance() -> None:
     loaded(inv, "b", "gpu0", 10 * GIB, last_used=2)
     loaded(inv, "busy", "gpu0", 6 * GIB, leases=1)
     # 24 - 22 - reserve leaves < 1 GiB; 6 GiB more needs one of a/b: the smaller one suffices.
-    assert placement.place(inv, key(), 6 * GIB, 9) == placement.Evict(("a",))
+    assert placement.place(inv, key(), est(6 * GIB), 9) == placement.Evict(("a",))
 
 
 def test_busy_models_mean_wait() -> None:
     inv = Inventory(runners={"gpu0": gpu(0, 24 * GIB)})
     loaded(inv, "busy", "gpu0", 20 * GIB, leases=1)
-    assert isinstance(placement.place(inv, key(), 10 * GIB, 3), placement.Wait)
+    assert isinstance(placement.place(inv, key(), est(10 * GIB), 3), placement.Wait)
 
 
 def test_max_loaded_evicts_least_recently_used() -> None:
     inv = Inventory(runners={"cpu": cpu()})
     loaded(inv, "old", "cpu", GIB, last_used=1)
     loaded(inv, "new", "cpu", GIB, last_used=5)
-    assert placement.place(inv, key(), GIB, 2) == placement.Evict(("old",))
+    assert placement.place(inv, key(), est(GIB), 2) == placement.Evict(("old",))
 
 
-def test_oversized_first_model_still_loads_on_empty_device() -> None:
+def test_oversized_model_is_partially_offloaded() -> None:
     inv = Inventory(runners={"gpu0": gpu(0, 8 * GIB)})
-    assert placement.place(inv, key(), 20 * GIB, 3) == placement.Place("gpu0")
+    # 20 blocks of 1 GiB; 8 GiB minus the reserve holds 7 of them.
+    assert placement.place(inv, key(), est(20 * GIB, layers=20), 3) == placement.Place("gpu0", 7)
+
+
+def test_a_single_block_too_big_still_loads_on_an_empty_device() -> None:
+    inv = Inventory(runners={"gpu0": gpu(0, 8 * GIB)})
+    assert placement.place(inv, key(), est(20 * GIB), 3) == placement.Place("gpu0")
+
+
+def test_pinned_models_are_evicted_only_when_nothing_else_frees_enough() -> None:
+    inv = Inventory(runners={"gpu0": gpu(0, 24 * GIB)})
+    loaded(inv, "pinned", "gpu0", 8 * GIB, keep_alive=math.inf)
+    loaded(inv, "small", "gpu0", 2 * GIB)
+    loaded(inv, "busy", "gpu0", 10 * GIB, leases=1)
+    # 3.5 GiB are free: 4 GiB need "small" gone; 9 GiB need the pinned model too (the busy one stays).
+    assert placement.place(inv, key(), est(4 * GIB), 9) == placement.Evict(("small",))
+    assert placement.place(inv, key(), est(9 * GIB), 9) == placement.Evict(("pinned",))
+
+
+def test_lagging_free_memory_report_does_not_block_a_load() -> None:
+    runner = gpu(0, 24 * GIB, free=4 * GIB)  # the driver still shows 20 GiB we just unloaded as used
+    inv = Inventory(runners={"gpu0": runner})
+    runner.on_release(20 * GIB, now=0.0)
+    assert placement.place(inv, key(), est(16 * GIB), 3) == placement.Place("gpu0")
+    # A report that shows the memory freed drains the unreported pool; a stale pool expires.
+    runner.on_report(Device("cuda:0", common_pb2.DEVICE_KIND_CUDA, 0, "gpu", 24 * GIB, 24 * GIB), now=1.0, settle=5)
+    assert runner.unreported_release == 0
+
+
+def test_memory_used_by_other_processes_counts() -> None:
+    inv = Inventory(runners={"gpu0": gpu(0, 24 * GIB, free=6 * GIB)})  # someone else holds 18 GiB
+    assert placement.place(inv, key(), est(12 * GIB, layers=12), 3) == placement.Place("gpu0", 5)
 
 
 def test_default_num_ctx_tiers_and_cap() -> None:

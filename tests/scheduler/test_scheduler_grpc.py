@@ -203,3 +203,56 @@ async def test_gpu_that_appears_later_gets_new_models(stack: Stack) -> None:
     by_name = {m.name: m for m in ps.models}
     assert by_name["m2:latest"].size_vram_bytes == by_name["m2:latest"].size_bytes
     assert by_name["m1:latest"].size_vram_bytes == 0
+
+
+@pytest.mark.parametrize("stack", [{"num_parallel": 1, "max_queue": 1}], indirect=True)
+async def test_cancelled_waiter_leaves_the_queue_at_once(stack: Stack) -> None:
+    await stack.runner(cpu_device())
+    held = await stack.stub.AcquireModel(acquire_req())
+    waiter = asyncio.ensure_future(stack.stub.AcquireModel(acquire_req()))
+    await asyncio.sleep(0.1)
+    assert (await stack.stub.GetInfo(scheduler_pb2.GetInfoRequest())).queued_requests == 1
+    waiter.cancel()
+    await asyncio.sleep(0.1)
+    assert (await stack.stub.GetInfo(scheduler_pb2.GetInfoRequest())).queued_requests == 0
+    # The slot is free for the next waiter: the queue did not keep the cancelled one.
+    second = asyncio.ensure_future(stack.stub.AcquireModel(acquire_req(), timeout=5))
+    await asyncio.sleep(0.1)
+    await stack.stub.ReleaseModel(scheduler_pb2.ReleaseModelRequest(lease_id=held.lease_id))
+    assert (await second).instance_id == held.instance_id
+
+
+def big_spec(name: str, layers: int, layer_bytes: int) -> scheduler_pb2.ModelSpec:
+    s = spec(name, size=layers * layer_bytes)
+    s.geometry.CopyFrom(
+        scheduler_pb2.ModelGeometry(
+            block_count=layers,
+            embedding_length=8192,
+            head_count=64,
+            head_count_kv=8,
+            layer_bytes=[layer_bytes] * layers,
+            other_bytes=GIB,
+            vocab_size=128_000,
+        )
+    )
+    return s
+
+
+async def test_two_80gb_gpus_place_whole_models_then_offload_partially(stack: Stack) -> None:
+    gpu0 = await stack.runner(gpu_device(0, 80 * GIB))
+    gpu1 = await stack.runner(gpu_device(1, 80 * GIB))
+    # A 40 GiB model fits whole on either GPU; the second goes to the GPU with more room.
+    a = await stack.stub.AcquireModel(scheduler_pb2.AcquireModelRequest(model=big_spec("a", 40, GIB)))
+    b = await stack.stub.AcquireModel(scheduler_pb2.AcquireModelRequest(model=big_spec("b", 40, GIB)))
+    assert {a.runner_address, b.runner_address} == {gpu0.address, gpu1.address}
+    assert gpu0.loads[0].options.num_gpu == -1
+    # A 120 GiB model fits on neither: while a and b are busy it is offloaded partially.
+    c = await stack.stub.AcquireModel(scheduler_pb2.AcquireModelRequest(model=big_spec("c", 120, GIB)))
+    runner = gpu0 if c.runner_address == gpu0.address else gpu1
+    layers = runner.loads[-1].options.num_gpu
+    assert 0 < layers < 120
+    info = await stack.stub.GetInfo(scheduler_pb2.GetInfoRequest())
+    assert info.max_loaded_models == 6
+    assert info.default_context_length == 262144
+    assert sorted(r.device.id for r in info.runners) == ["cuda:0", "cuda:1"]
+    assert all(r.allocated_bytes > 0 for r in info.runners)

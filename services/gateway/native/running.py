@@ -1,4 +1,4 @@
-"""What is loaded where: /api/ps."""
+"""What is loaded where, and on what: /api/ps and /api/info."""
 
 from __future__ import annotations
 
@@ -6,9 +6,11 @@ import grpc
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from corral.v1 import scheduler_pb2
+from corral import __version__
+from corral.v1 import common_pb2, scheduler_pb2
 from services.gateway import errors
 from services.gateway.http import json_response, rfc3339
+from services.gateway.native.meta import OLLAMA_COMPAT_VERSION
 from services.gateway.native.models import details_json, digest_hex
 
 router = APIRouter()
@@ -36,3 +38,45 @@ async def ps(request: Request) -> Response:
         for m in resp.models
     ]
     return json_response({"models": models})
+
+
+_KINDS = {common_pb2.DEVICE_KIND_CPU: "cpu", common_pb2.DEVICE_KIND_CUDA: "cuda"}
+
+
+@router.get("/api/info")
+async def info(request: Request) -> Response:
+    """Devices, runners and limits (Ollama has no such endpoint; its tests read env vars instead)."""
+    try:
+        resp = await request.app.state.backends.scheduler.GetInfo(scheduler_pb2.GetInfoRequest(), timeout=30)
+    except grpc.RpcError as err:
+        raise errors.from_rpc(err) from err
+    devices = [
+        {
+            "id": r.device.id,
+            "kind": _KINDS.get(r.device.kind, "unknown"),
+            "index": r.device.index,
+            "name": r.device.name,
+            "host": r.device.host,
+            "total_memory": r.device.total_memory_bytes,
+            "free_memory": r.device.free_memory_bytes,
+            "allocated_memory": r.allocated_bytes,
+            "available_memory": r.available_bytes,
+            "runner": {"id": r.runner_id, "address": r.address, "loaded_models": r.loaded_models},
+        }
+        for r in resp.runners
+    ]
+    return json_response(
+        {
+            "version": OLLAMA_COMPAT_VERSION,
+            "corral_version": __version__,
+            "devices": devices,
+            "default_context_length": resp.default_context_length,
+            "default_keep_alive": resp.default_keep_alive_seconds,
+            "limits": {
+                "max_loaded_models": resp.max_loaded_models,
+                "max_queue": resp.max_queue,
+                "num_parallel": resp.num_parallel,
+            },
+            "queued_requests": resp.queued_requests,
+        }
+    )
