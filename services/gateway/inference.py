@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -58,11 +59,13 @@ async def acquire(
     req = scheduler_pb2.AcquireModelRequest(model=model_spec(model), options=load, request_id=request_id)
     if keep_alive is not None:
         req.keep_alive_seconds = -1.0 if keep_alive == float("inf") else keep_alive
+    started = time.monotonic_ns()
     try:
         resp = await backends.scheduler.AcquireModel(req)
     except grpc.RpcError as err:
         raise errors.from_rpc(err, model.name) from err
-    return Lease(resp.lease_id, resp.runner_address, resp.instance_id, resp.load_duration_ns)
+    # Ollama's load_duration is the time spent getting a runner, loaded or not.
+    return Lease(resp.lease_id, resp.runner_address, resp.instance_id, time.monotonic_ns() - started)
 
 
 _releasing: set[asyncio.Task[None]] = set()
@@ -139,3 +142,32 @@ async def generate(
         finally:
             call.cancel()
             await release(backends, lease, runner_failed=failed)
+
+
+async def embed(
+    backends: Backends,
+    model: registry_pb2.Model,
+    request: runner_pb2.EmbedRequest,
+    load: common_pb2.LoadOptions,
+    keep_alive: float | None,
+) -> tuple[runner_pb2.EmbedResponse, int]:
+    """One Embed call under a lease (retried once if the runner died); returns the
+    response and the lease's load time."""
+    request_id = request.request_id or uuid.uuid4().hex
+    request.request_id = request_id
+    for attempt in (1, 2):
+        lease = await acquire(backends, model, load, keep_alive, request_id)
+        request.instance_id = lease.instance_id
+        failed = False
+        try:
+            resp = await backends.runner(lease.runner_address).Embed(request)
+            return resp, lease.load_duration_ns
+        except grpc.RpcError as rpc_err:
+            err = from_rpc_error(rpc_err)
+            failed = _runner_failed(err)
+            if failed and attempt == 1:
+                continue
+            raise errors.from_corral(err, model.name) from rpc_err
+        finally:
+            await release(backends, lease, runner_failed=failed)
+    raise AssertionError("unreachable")
