@@ -82,6 +82,11 @@ def estimate(spec: scheduler_pb2.ModelSpec, key: LoadKey) -> Estimate:
         kv = int(per_cell * (full_cells if is_global else swa_cells))
         kv_total += kv
         layers.append(weights + kv)
-    # Activations of one micro-batch (attention scores dominate without flash attention) + logits.
-    compute = 4 * key.num_batch * (ctx_total * heads + g.embedding_length * 8) + 4 * g.vocab_size * key.num_parallel
+    # One micro-batch's activations, the attention mask (f16, micro-batch x context) or, without
+    # flash attention, the f32 attention scores of every head, and the logits of each sequence.
+    activations = 4 * key.num_batch * g.embedding_length * 16
+    attention = (
+        4 * key.num_batch * ctx_total * heads if key.flash_attention is False else 2 * key.num_batch * ctx_total
+    )
+    compute = activations + attention + 4 * g.vocab_size * key.num_parallel
     return Estimate(layers=tuple(layers), rest=g.other_bytes, kv=kv_total, compute=compute)
