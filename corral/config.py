@@ -54,6 +54,12 @@ VARS: tuple[Var, ...] = (
     Var("CORRAL_HEARTBEAT_INTERVAL", "2s", "How often runners send heartbeats."),
     Var("CORRAL_RUNNER_TIMEOUT", "10s", "A runner silent for this long is considered gone."),
     Var("CORRAL_RUNTIME_DIR", "", "Where `corral serve` puts its Unix sockets; empty = a fresh temporary directory."),
+    Var("CORRAL_ORIGINS", "", "Extra allowed CORS origins, comma-separated (wildcards allowed).", "OLLAMA_ORIGINS"),
+    Var("CORRAL_API_KEY", "", "When set, every request but GET / needs `Authorization: Bearer <key>`."),
+    Var("CORRAL_NOPRUNE", "", "1 = keep the layers an overwritten model no longer uses.", "OLLAMA_NOPRUNE"),
+    Var("CORRAL_BLOB_GRACE", "1h", "Unreferenced blobs younger than this survive garbage collection."),
+    Var("CORRAL_VERIFY_INTERVAL", "24h", "Re-hash every stored blob this often in the background; 0 = never."),
+    Var("CORRAL_PULL_PARALLEL", "4", "Ranged parts downloaded at once per blob during a pull."),
 )
 
 _BY_NAME = {v.name: v for v in VARS}

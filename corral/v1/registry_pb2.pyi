@@ -87,7 +87,7 @@ class ListModelsResponse(_message.Message):
     def __init__(self, models: _Optional[_Iterable[_Union[Model, _Mapping]]] = ...) -> None: ...
 
 class CreateModelRequest(_message.Message):
-    __slots__ = ("name", "files", "adapters", "template", "system", "parameters", "license", "quantize")
+    __slots__ = ("name", "files", "adapters", "template", "system", "parameters", "license", "quantize", "messages", "modelfile")
     class FilesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -111,6 +111,8 @@ class CreateModelRequest(_message.Message):
     PARAMETERS_FIELD_NUMBER: _ClassVar[int]
     LICENSE_FIELD_NUMBER: _ClassVar[int]
     QUANTIZE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    MODELFILE_FIELD_NUMBER: _ClassVar[int]
     name: str
     files: _containers.ScalarMap[str, str]
     adapters: _containers.ScalarMap[str, str]
@@ -119,7 +121,17 @@ class CreateModelRequest(_message.Message):
     parameters: _struct_pb2.Struct
     license: _containers.RepeatedScalarFieldContainer[str]
     quantize: str
-    def __init__(self, name: _Optional[str] = ..., files: _Optional[_Mapping[str, str]] = ..., adapters: _Optional[_Mapping[str, str]] = ..., template: _Optional[str] = ..., system: _Optional[str] = ..., parameters: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., license: _Optional[_Iterable[str]] = ..., quantize: _Optional[str] = ..., **kwargs) -> None: ...
+    messages: _containers.RepeatedCompositeFieldContainer[ModelMessage]
+    modelfile: str
+    def __init__(self, name: _Optional[str] = ..., files: _Optional[_Mapping[str, str]] = ..., adapters: _Optional[_Mapping[str, str]] = ..., template: _Optional[str] = ..., system: _Optional[str] = ..., parameters: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., license: _Optional[_Iterable[str]] = ..., quantize: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ModelMessage, _Mapping]]] = ..., modelfile: _Optional[str] = ..., **kwargs) -> None: ...
+
+class ModelMessage(_message.Message):
+    __slots__ = ("role", "content")
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
+    role: str
+    content: str
+    def __init__(self, role: _Optional[str] = ..., content: _Optional[str] = ...) -> None: ...
 
 class CreateModelResponse(_message.Message):
     __slots__ = ("status", "digest", "total", "completed")
@@ -162,3 +174,147 @@ class UploadBlobResponse(_message.Message):
     created: bool
     size_bytes: int
     def __init__(self, created: _Optional[bool] = ..., size_bytes: _Optional[int] = ...) -> None: ...
+
+class ReadBlobRequest(_message.Message):
+    __slots__ = ("digest", "offset")
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    digest: str
+    offset: int
+    def __init__(self, digest: _Optional[str] = ..., offset: _Optional[int] = ...) -> None: ...
+
+class ReadBlobResponse(_message.Message):
+    __slots__ = ("size_bytes", "chunk")
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    size_bytes: int
+    chunk: bytes
+    def __init__(self, size_bytes: _Optional[int] = ..., chunk: _Optional[bytes] = ...) -> None: ...
+
+class ShowModelRequest(_message.Message):
+    __slots__ = ("name", "verbose", "system", "options")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERBOSE_FIELD_NUMBER: _ClassVar[int]
+    SYSTEM_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    verbose: bool
+    system: str
+    options: _struct_pb2.Struct
+    def __init__(self, name: _Optional[str] = ..., verbose: _Optional[bool] = ..., system: _Optional[str] = ..., options: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+
+class TensorInfo(_message.Message):
+    __slots__ = ("name", "type", "shape")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    type: str
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class ShowModelResponse(_message.Message):
+    __slots__ = ("license", "modelfile", "parameters", "template", "system", "details", "model_info_json", "capabilities", "modified_at", "messages", "tensors")
+    LICENSE_FIELD_NUMBER: _ClassVar[int]
+    MODELFILE_FIELD_NUMBER: _ClassVar[int]
+    PARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    TEMPLATE_FIELD_NUMBER: _ClassVar[int]
+    SYSTEM_FIELD_NUMBER: _ClassVar[int]
+    DETAILS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_INFO_JSON_FIELD_NUMBER: _ClassVar[int]
+    CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
+    MODIFIED_AT_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    TENSORS_FIELD_NUMBER: _ClassVar[int]
+    license: str
+    modelfile: str
+    parameters: str
+    template: str
+    system: str
+    details: _scheduler_pb2.ModelDetails
+    model_info_json: str
+    capabilities: _containers.RepeatedScalarFieldContainer[str]
+    modified_at: _timestamp_pb2.Timestamp
+    messages: _containers.RepeatedCompositeFieldContainer[ModelMessage]
+    tensors: _containers.RepeatedCompositeFieldContainer[TensorInfo]
+    def __init__(self, license: _Optional[str] = ..., modelfile: _Optional[str] = ..., parameters: _Optional[str] = ..., template: _Optional[str] = ..., system: _Optional[str] = ..., details: _Optional[_Union[_scheduler_pb2.ModelDetails, _Mapping]] = ..., model_info_json: _Optional[str] = ..., capabilities: _Optional[_Iterable[str]] = ..., modified_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., messages: _Optional[_Iterable[_Union[ModelMessage, _Mapping]]] = ..., tensors: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ...) -> None: ...
+
+class CopyModelRequest(_message.Message):
+    __slots__ = ("source", "destination")
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    DESTINATION_FIELD_NUMBER: _ClassVar[int]
+    source: str
+    destination: str
+    def __init__(self, source: _Optional[str] = ..., destination: _Optional[str] = ...) -> None: ...
+
+class CopyModelResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class DeleteModelRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class DeleteModelResponse(_message.Message):
+    __slots__ = ("removed_blobs",)
+    REMOVED_BLOBS_FIELD_NUMBER: _ClassVar[int]
+    removed_blobs: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, removed_blobs: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class PullModelRequest(_message.Message):
+    __slots__ = ("name", "insecure")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    INSECURE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    insecure: bool
+    def __init__(self, name: _Optional[str] = ..., insecure: _Optional[bool] = ...) -> None: ...
+
+class PushModelRequest(_message.Message):
+    __slots__ = ("name", "insecure")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    INSECURE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    insecure: bool
+    def __init__(self, name: _Optional[str] = ..., insecure: _Optional[bool] = ...) -> None: ...
+
+class TransferProgress(_message.Message):
+    __slots__ = ("status", "digest", "total", "completed")
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    COMPLETED_FIELD_NUMBER: _ClassVar[int]
+    status: str
+    digest: str
+    total: int
+    completed: int
+    def __init__(self, status: _Optional[str] = ..., digest: _Optional[str] = ..., total: _Optional[int] = ..., completed: _Optional[int] = ...) -> None: ...
+
+class VerifyBlobsRequest(_message.Message):
+    __slots__ = ("digests",)
+    DIGESTS_FIELD_NUMBER: _ClassVar[int]
+    digests: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, digests: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class VerifyBlobsResponse(_message.Message):
+    __slots__ = ("checked", "corrupt", "broken_models")
+    CHECKED_FIELD_NUMBER: _ClassVar[int]
+    CORRUPT_FIELD_NUMBER: _ClassVar[int]
+    BROKEN_MODELS_FIELD_NUMBER: _ClassVar[int]
+    checked: int
+    corrupt: _containers.RepeatedScalarFieldContainer[str]
+    broken_models: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, checked: _Optional[int] = ..., corrupt: _Optional[_Iterable[str]] = ..., broken_models: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class CollectGarbageRequest(_message.Message):
+    __slots__ = ("grace_seconds",)
+    GRACE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    grace_seconds: float
+    def __init__(self, grace_seconds: _Optional[float] = ...) -> None: ...
+
+class CollectGarbageResponse(_message.Message):
+    __slots__ = ("removed_blobs",)
+    REMOVED_BLOBS_FIELD_NUMBER: _ClassVar[int]
+    removed_blobs: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, removed_blobs: _Optional[_Iterable[str]] = ...) -> None: ...

@@ -61,6 +61,46 @@ class RegistryServiceStub:
                 request_serializer=corral_dot_v1_dot_registry__pb2.UploadBlobRequest.SerializeToString,
                 response_deserializer=corral_dot_v1_dot_registry__pb2.UploadBlobResponse.FromString,
                 _registered_method=True)
+        self.ReadBlob = channel.unary_stream(
+                '/corral.v1.RegistryService/ReadBlob',
+                request_serializer=corral_dot_v1_dot_registry__pb2.ReadBlobRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_registry__pb2.ReadBlobResponse.FromString,
+                _registered_method=True)
+        self.ShowModel = channel.unary_unary(
+                '/corral.v1.RegistryService/ShowModel',
+                request_serializer=corral_dot_v1_dot_registry__pb2.ShowModelRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_registry__pb2.ShowModelResponse.FromString,
+                _registered_method=True)
+        self.CopyModel = channel.unary_unary(
+                '/corral.v1.RegistryService/CopyModel',
+                request_serializer=corral_dot_v1_dot_registry__pb2.CopyModelRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_registry__pb2.CopyModelResponse.FromString,
+                _registered_method=True)
+        self.DeleteModel = channel.unary_unary(
+                '/corral.v1.RegistryService/DeleteModel',
+                request_serializer=corral_dot_v1_dot_registry__pb2.DeleteModelRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_registry__pb2.DeleteModelResponse.FromString,
+                _registered_method=True)
+        self.PullModel = channel.unary_stream(
+                '/corral.v1.RegistryService/PullModel',
+                request_serializer=corral_dot_v1_dot_registry__pb2.PullModelRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_registry__pb2.TransferProgress.FromString,
+                _registered_method=True)
+        self.PushModel = channel.unary_stream(
+                '/corral.v1.RegistryService/PushModel',
+                request_serializer=corral_dot_v1_dot_registry__pb2.PushModelRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_registry__pb2.TransferProgress.FromString,
+                _registered_method=True)
+        self.VerifyBlobs = channel.unary_unary(
+                '/corral.v1.RegistryService/VerifyBlobs',
+                request_serializer=corral_dot_v1_dot_registry__pb2.VerifyBlobsRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_registry__pb2.VerifyBlobsResponse.FromString,
+                _registered_method=True)
+        self.CollectGarbage = channel.unary_unary(
+                '/corral.v1.RegistryService/CollectGarbage',
+                request_serializer=corral_dot_v1_dot_registry__pb2.CollectGarbageRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_registry__pb2.CollectGarbageResponse.FromString,
+                _registered_method=True)
 
 
 class RegistryServiceServicer:
@@ -104,6 +144,63 @@ class RegistryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReadBlob(self, request, context):
+        """Streams a blob's bytes (for runners on another host); the caller verifies
+        them against the digest.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ShowModel(self, request, context):
+        """What `ollama show` reports about a model.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CopyModel(self, request, context):
+        """Copies a model's manifest to a new name; the blobs are shared.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteModel(self, request, context):
+        """Deletes a model and the blobs no other model references.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PullModel(self, request, context):
+        """Pulls a model from an OCI (Docker v2) registry. Streams progress.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PushModel(self, request, context):
+        """Pushes a model to an OCI (Docker v2) registry. Streams progress.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def VerifyBlobs(self, request, context):
+        """Re-hashes blobs; corrupt ones are moved aside and reported.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CollectGarbage(self, request, context):
+        """Removes unreferenced blobs older than the grace period.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RegistryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -131,6 +228,46 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     servicer.UploadBlob,
                     request_deserializer=corral_dot_v1_dot_registry__pb2.UploadBlobRequest.FromString,
                     response_serializer=corral_dot_v1_dot_registry__pb2.UploadBlobResponse.SerializeToString,
+            ),
+            'ReadBlob': grpc.unary_stream_rpc_method_handler(
+                    servicer.ReadBlob,
+                    request_deserializer=corral_dot_v1_dot_registry__pb2.ReadBlobRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_registry__pb2.ReadBlobResponse.SerializeToString,
+            ),
+            'ShowModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.ShowModel,
+                    request_deserializer=corral_dot_v1_dot_registry__pb2.ShowModelRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_registry__pb2.ShowModelResponse.SerializeToString,
+            ),
+            'CopyModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.CopyModel,
+                    request_deserializer=corral_dot_v1_dot_registry__pb2.CopyModelRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_registry__pb2.CopyModelResponse.SerializeToString,
+            ),
+            'DeleteModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteModel,
+                    request_deserializer=corral_dot_v1_dot_registry__pb2.DeleteModelRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_registry__pb2.DeleteModelResponse.SerializeToString,
+            ),
+            'PullModel': grpc.unary_stream_rpc_method_handler(
+                    servicer.PullModel,
+                    request_deserializer=corral_dot_v1_dot_registry__pb2.PullModelRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_registry__pb2.TransferProgress.SerializeToString,
+            ),
+            'PushModel': grpc.unary_stream_rpc_method_handler(
+                    servicer.PushModel,
+                    request_deserializer=corral_dot_v1_dot_registry__pb2.PushModelRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_registry__pb2.TransferProgress.SerializeToString,
+            ),
+            'VerifyBlobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.VerifyBlobs,
+                    request_deserializer=corral_dot_v1_dot_registry__pb2.VerifyBlobsRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_registry__pb2.VerifyBlobsResponse.SerializeToString,
+            ),
+            'CollectGarbage': grpc.unary_unary_rpc_method_handler(
+                    servicer.CollectGarbage,
+                    request_deserializer=corral_dot_v1_dot_registry__pb2.CollectGarbageRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_registry__pb2.CollectGarbageResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -270,6 +407,222 @@ class RegistryService:
             '/corral.v1.RegistryService/UploadBlob',
             corral_dot_v1_dot_registry__pb2.UploadBlobRequest.SerializeToString,
             corral_dot_v1_dot_registry__pb2.UploadBlobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadBlob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/corral.v1.RegistryService/ReadBlob',
+            corral_dot_v1_dot_registry__pb2.ReadBlobRequest.SerializeToString,
+            corral_dot_v1_dot_registry__pb2.ReadBlobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ShowModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.RegistryService/ShowModel',
+            corral_dot_v1_dot_registry__pb2.ShowModelRequest.SerializeToString,
+            corral_dot_v1_dot_registry__pb2.ShowModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CopyModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.RegistryService/CopyModel',
+            corral_dot_v1_dot_registry__pb2.CopyModelRequest.SerializeToString,
+            corral_dot_v1_dot_registry__pb2.CopyModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.RegistryService/DeleteModel',
+            corral_dot_v1_dot_registry__pb2.DeleteModelRequest.SerializeToString,
+            corral_dot_v1_dot_registry__pb2.DeleteModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PullModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/corral.v1.RegistryService/PullModel',
+            corral_dot_v1_dot_registry__pb2.PullModelRequest.SerializeToString,
+            corral_dot_v1_dot_registry__pb2.TransferProgress.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PushModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/corral.v1.RegistryService/PushModel',
+            corral_dot_v1_dot_registry__pb2.PushModelRequest.SerializeToString,
+            corral_dot_v1_dot_registry__pb2.TransferProgress.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VerifyBlobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.RegistryService/VerifyBlobs',
+            corral_dot_v1_dot_registry__pb2.VerifyBlobsRequest.SerializeToString,
+            corral_dot_v1_dot_registry__pb2.VerifyBlobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CollectGarbage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.RegistryService/CollectGarbage',
+            corral_dot_v1_dot_registry__pb2.CollectGarbageRequest.SerializeToString,
+            corral_dot_v1_dot_registry__pb2.CollectGarbageResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from services.gateway.backends import Backends
 from services.gateway.errors import HTTPError
 from services.gateway.http import error_response
-from services.gateway.native import generate, meta, models, running
+from services.gateway.native import generate, manage, meta, models, running
 
 
 def create_app(backends: Backends) -> FastAPI:
@@ -24,7 +24,7 @@ def create_app(backends: Backends) -> FastAPI:
 
     app = FastAPI(title="Corral", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.backends = backends
-    for module in (meta, generate, models, running):
+    for module in (meta, generate, models, manage, running):
         app.include_router(module.router)
 
     @app.exception_handler(HTTPError)

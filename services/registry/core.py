@@ -8,6 +8,7 @@ written by another process (or by Ollama itself) show up without a restart.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -19,14 +20,17 @@ from typing import Any
 
 from corral.errors import CorralError
 from corral.v1 import common_pb2
+from services.registry import manage, transfer
 from services.registry.create import CreateRequest, Progress, create_model
 from services.registry.digests import from_hex, parse_digest
+from services.registry.download import Downloads, TransferSettings
 from services.registry.gguf_meta import GGUFInfo, read_gguf_info
 from services.registry.index import Index, IndexedModel, Stamp
 from services.registry.manifest import (
     MAX_MANIFEST_BYTES,
     MEDIA_ADAPTER,
     MEDIA_LICENSE,
+    MEDIA_MESSAGES,
     MEDIA_MODEL,
     MEDIA_PARAMS,
     MEDIA_PROJECTOR,
@@ -39,6 +43,7 @@ from services.registry.manifest import (
 )
 from services.registry.model import Details, StoredModel, capabilities
 from services.registry.names import ModelName, parse_name
+from services.registry.show import ShowResult, show
 from services.registry.store import ManifestFile, Store, blob_not_found
 
 log = logging.getLogger(__name__)
@@ -59,18 +64,21 @@ def model_not_found(name: str) -> CorralError:
 
 
 class Registry:
-    def __init__(self, store: Store, index: Index) -> None:
+    def __init__(self, store: Store, index: Index, transfer: TransferSettings | None = None, noprune: bool = False):
         self.store = store
         self.index = index
+        self.noprune = noprune  # keep the layers an overwritten manifest no longer uses (OLLAMA_NOPRUNE)
+        self.downloads = Downloads(store, index, transfer or TransferSettings())
+        self.manifest_lock = asyncio.Lock()  # manifest writes and the blob removals that follow them
         self._sync_lock = asyncio.Lock()
         self._gguf_locks: dict[str, asyncio.Lock] = {}
 
     @classmethod
-    async def open(cls, root: Path) -> Registry:
+    async def open(cls, root: Path, transfer: TransferSettings | None = None, noprune: bool = False) -> Registry:
         """Open the store at `root`, creating it if needed, and bring the index up to date."""
         store = Store(root)
         await asyncio.to_thread(store.prepare)
-        registry = cls(store, await Index.open(store.root / "index.db"))
+        registry = cls(store, await Index.open(store.root / "index.db"), transfer, noprune)
         await registry.sync()
         return registry
 
@@ -115,12 +123,47 @@ class Registry:
             config = {}  # a missing config only costs the details
         return _indexed(entry.key, entry.name, data, manifest, config, Stamp(st.st_mtime_ns, st.st_size, st.st_ino))
 
-    async def save_manifest(self, name: ModelName, manifest: Manifest, config: dict[str, Any]) -> IndexedModel:
-        data = manifest.to_bytes()
-        entry = await asyncio.to_thread(self.store.write_manifest, name, data)
-        indexed = _indexed(entry.key, entry.name, data, manifest, config, _stamp(entry))
-        await self.index.put(indexed)
-        return indexed
+    async def save_manifest(self, name: ModelName, manifest: Manifest, config: dict[str, Any]) -> list[str]:
+        return await self.replace_manifest(name, manifest.to_bytes(), config)
+
+    async def replace_manifest(
+        self, name: ModelName, data: bytes, config: dict[str, Any] | None = None, *, prune: bool = True
+    ) -> list[str]:
+        """Write manifest bytes as given; then drop the blobs only the old manifest used."""
+        manifest = Manifest.from_bytes(data)
+        if config is None:
+            try:
+                config = parse_config(await asyncio.to_thread(self.store.read_blob, manifest.config.digest,
+                                                              MAX_CONFIG_BYTES))  # fmt: skip
+            except (CorralError, ManifestError):
+                config = {}
+        async with self.manifest_lock:
+            old = await asyncio.to_thread(self.store.find_manifest, name)
+            old_digests: set[str] = set()
+            if old is not None:
+                with contextlib.suppress(OSError, ManifestError):
+                    old_digests = manage.digests_of(Manifest.from_bytes(await asyncio.to_thread(old.path.read_bytes)))
+            entry = await asyncio.to_thread(self.store.write_manifest, name, data)
+            await self.index.put(_indexed(entry.key, entry.name, data, manifest, config, _stamp(entry)))
+            stale = old_digests - manage.digests_of(manifest)
+            if not stale or not prune or self.noprune:
+                return []
+            return await manage.remove_unreferenced(self, stale)
+
+    async def manifest_bytes(self, name: str) -> bytes:
+        entry = await asyncio.to_thread(self.store.find_manifest, parse_name(name))
+        if entry is None:
+            raise model_not_found(name)
+        try:
+            return await asyncio.to_thread(self.store.read_manifest_bytes, entry.path, MAX_MANIFEST_BYTES)
+        except FileNotFoundError:
+            raise model_not_found(name) from None
+
+    def broken(self, name: str, digest: str) -> CorralError:
+        return CorralError(
+            common_pb2.ERROR_REASON_BLOB_NOT_FOUND,
+            f'model "{name}" is broken: blob "{digest}" is missing or corrupt; pull or create it again',
+        )
 
     # Queries
 
@@ -164,6 +207,8 @@ class Registry:
 
     async def _full(self, m: IndexedModel) -> StoredModel:
         base = self._summary(m)
+        if base.model_digest and not await asyncio.to_thread(os.path.isfile, base.model_path):
+            raise self.broken(base.name, base.model_digest)  # never serve a model without its weights
         texts = await asyncio.to_thread(self._read_texts, m.manifest)
         gguf = await self.gguf_info(base.model_digest) if base.model_digest else None
         layers = m.manifest.layers
@@ -181,12 +226,15 @@ class Registry:
         )
 
     def _read_texts(self, manifest: Manifest) -> dict[str, Any]:
-        out: dict[str, Any] = {"template": "", "system": "", "parameters": {}, "licenses": ()}
+        out: dict[str, Any] = {"template": "", "system": "", "parameters": {}, "licenses": (), "messages": ()}
+        kinds = (MEDIA_TEMPLATE, MEDIA_PROMPT, MEDIA_SYSTEM, MEDIA_PARAMS, MEDIA_LICENSE, MEDIA_MESSAGES)
         for layer in manifest.layers:
-            if layer.media_type not in (MEDIA_TEMPLATE, MEDIA_PROMPT, MEDIA_SYSTEM, MEDIA_PARAMS, MEDIA_LICENSE):
+            if layer.media_type not in kinds:
                 continue
             text = self.store.read_blob(layer.digest, MAX_TEXT_LAYER_BYTES).decode("utf-8", errors="replace")
-            if layer.media_type in (MEDIA_TEMPLATE, MEDIA_PROMPT):
+            if layer.media_type == MEDIA_MESSAGES:
+                out["messages"] = _messages(text)
+            elif layer.media_type in (MEDIA_TEMPLATE, MEDIA_PROMPT):
                 out["template"] = text
             elif layer.media_type == MEDIA_SYSTEM:
                 out["system"] = text
@@ -259,6 +307,58 @@ class Registry:
         """Create (or replace) a model; yields Ollama's progress statuses."""
         async for event in create_model(self, req):
             yield event
+
+    # Management and transfers (see manage.py and transfer.py)
+
+    async def show(self, name: str, *, verbose: bool = False, system: str | None = None,
+                   options: dict[str, Any] | None = None) -> ShowResult:  # fmt: skip
+        return show(await self.resolve(name), self.store.blob_path, verbose=verbose, system=system,
+                    options=options or {})  # fmt: skip
+
+    async def copy(self, source: str, destination: str) -> None:
+        await manage.copy_model(self, source, destination)
+
+    async def delete(self, name: str) -> list[str]:
+        return await manage.delete_model(self, name)
+
+    def pull(self, name: str, insecure: bool = False) -> AsyncIterator[Progress]:
+        return transfer.pull_model(self, name, insecure)
+
+    def push(self, name: str, insecure: bool = False) -> AsyncIterator[Progress]:
+        return transfer.push_model(self, name, insecure)
+
+    async def verify(self, digests: list[str]) -> manage.VerifyReport:
+        return await manage.verify_blobs(self, digests)
+
+    async def collect_garbage(self, grace_seconds: float) -> list[str]:
+        return await manage.collect_garbage(self, grace_seconds)
+
+    async def read_blob(self, digest: str, offset: int = 0, chunk: int = 1 << 20) -> AsyncIterator[tuple[int, bytes]]:
+        """(blob size, next bytes) from `offset` on; BLOB_NOT_FOUND when absent."""
+        path = self.store.blob_path(parse_digest(digest))
+        try:
+            f = await asyncio.to_thread(path.open, "rb")
+        except FileNotFoundError:
+            raise blob_not_found(digest) from None
+        with f:
+            size = os.fstat(f.fileno()).st_size
+            await asyncio.to_thread(f.seek, min(offset, size))
+            sent = False
+            while data := await asyncio.to_thread(f.read, chunk):
+                sent = True
+                yield size, data
+            if not sent:
+                yield size, b""
+
+
+def _messages(text: str) -> tuple[tuple[str, str], ...]:
+    try:
+        items = json.loads(text)
+    except ValueError:
+        return ()
+    if not isinstance(items, list):
+        return ()
+    return tuple((str(m.get("role", "")), str(m.get("content", ""))) for m in items if isinstance(m, dict))
 
 
 def _stamp(entry: ManifestFile) -> Stamp:

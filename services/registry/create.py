@@ -21,6 +21,7 @@ from services.registry.manifest import (
     CONFIG_MEDIA_TYPE,
     MEDIA_ADAPTER,
     MEDIA_LICENSE,
+    MEDIA_MESSAGES,
     MEDIA_MODEL,
     MEDIA_PARAMS,
     MEDIA_PROJECTOR,
@@ -34,6 +35,7 @@ from services.registry.manifest import (
     human_number,
     new_config,
 )
+from services.registry.modelfile import parse_spec
 from services.registry.names import parse_name
 
 if TYPE_CHECKING:
@@ -55,6 +57,8 @@ class CreateRequest:
     parameters: dict[str, Any] = field(default_factory=dict)  # merged over the parent's
     license: tuple[str, ...] = ()
     quantize: str = ""
+    messages: tuple[tuple[str, str], ...] | None = None  # None: keep the parent's
+    modelfile: str = ""  # Modelfile text; the fields above override it
 
 
 @dataclass(frozen=True)
@@ -121,8 +125,46 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _blob_ref(value: str) -> str | None:
+    """A FROM/ADAPTER value naming a blob: "@sha256:<hex>" or "sha256:<hex>"."""
+    return try_parse_digest(value.removeprefix("@"))
+
+
+def apply_modelfile(req: CreateRequest) -> CreateRequest:
+    """Fold a Modelfile into the request; explicit request fields win."""
+    spec = parse_spec(req.modelfile)
+    files, from_ = dict(req.files), req.from_
+    if not files and not from_:
+        digest = _blob_ref(spec.from_)
+        if digest is not None:
+            files = {digest.replace(":", "-"): digest}
+        else:
+            from_ = spec.from_
+    adapters = dict(req.adapters)
+    for value in spec.adapters if not adapters else ():
+        digest = _blob_ref(value)
+        if digest is None:
+            raise _invalid(f"ADAPTER {value}: upload the file as a blob and name it as @sha256:<hex>")
+        adapters[digest.replace(":", "-")] = digest
+    return replace(
+        req,
+        modelfile="",
+        from_=from_,
+        files=files,
+        adapters=adapters,
+        template=req.template if req.template is not None else spec.template,
+        system=req.system if req.system is not None else spec.system,
+        parameters={**spec.parameters, **req.parameters},
+        license=req.license or tuple(spec.license),
+        messages=req.messages if req.messages is not None else (tuple(spec.messages) or None),
+    )
+
+
 async def create_model(registry: Registry, req: CreateRequest) -> AsyncIterator[Progress]:
     name = parse_name(req.name)
+    if req.modelfile:
+        yield Progress("parsing modelfile")
+        req = apply_modelfile(req)
     files = validate_files(req.files)
     adapters = validate_files(req.adapters)
     if len(adapters) > 1:
@@ -182,6 +224,13 @@ async def create_model(registry: Registry, req: CreateRequest) -> AsyncIterator[
         merged = {**parent_params, **_plain(req.parameters)}
         layers = [la for la in layers if la.media_type != MEDIA_PARAMS]
         await text_layer(MEDIA_PARAMS, go_json(merged, sort_keys=True))
+
+    if req.messages is not None:
+        if any(not role for role, _ in req.messages):
+            raise _invalid("message role is required")
+        layers = [la for la in layers if la.media_type != MEDIA_MESSAGES]
+        if req.messages:
+            await text_layer(MEDIA_MESSAGES, go_json([{"role": r, "content": c} for r, c in req.messages]))
 
     for layer in layers:
         verb = "creating new" if layer.digest in created else "using existing"

@@ -25,7 +25,7 @@ from services.registry.manifest import Manifest
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3  # 2: GGUF info carries special-token texts; 3: tensor sizes
+SCHEMA_VERSION = 4  # 2: GGUF info carries special-token texts; 3: tensor sizes; 4: partials, verified
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS models (
     key TEXT PRIMARY KEY,
@@ -49,7 +49,16 @@ CREATE TABLE IF NOT EXISTS layers (
 );
 CREATE INDEX IF NOT EXISTS layers_by_digest ON layers(digest);
 CREATE TABLE IF NOT EXISTS gguf_meta (digest TEXT PRIMARY KEY, info_json TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS partials (
+    digest TEXT NOT NULL, part INTEGER NOT NULL, total INTEGER NOT NULL,
+    offset INTEGER NOT NULL, size INTEGER NOT NULL, completed INTEGER NOT NULL,
+    PRIMARY KEY (digest, part)
+);
+CREATE TABLE IF NOT EXISTS verified (
+    digest TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, verified_at REAL NOT NULL
+);
 """
+_TABLES = ("layers", "models", "gguf_meta", "partials", "verified")
 
 
 @dataclass(frozen=True)
@@ -101,9 +110,7 @@ class Index:
             async with db.execute("PRAGMA user_version") as cur:
                 row = await cur.fetchone()
             if row is None or row[0] != SCHEMA_VERSION:
-                await db.executescript(
-                    "DROP TABLE IF EXISTS layers; DROP TABLE IF EXISTS models; DROP TABLE IF EXISTS gguf_meta;"
-                )
+                await db.executescript("".join(f"DROP TABLE IF EXISTS {t};" for t in _TABLES))
                 await db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             await db.executescript(_SCHEMA)
             await db.commit()
@@ -182,6 +189,61 @@ class Index:
                 "INSERT OR REPLACE INTO gguf_meta (digest, info_json) VALUES (?, ?)", (digest, info.to_json())
             )
             await self._db.commit()
+
+    # Partial downloads: the byte ranges of a `-partial` file already written
+
+    async def get_parts(self, digest: str) -> list[PartState]:
+        sql = "SELECT part, total, offset, size, completed FROM partials WHERE digest = ? ORDER BY part"
+        async with self._db.execute(sql, (digest,)) as cur:
+            return [PartState(*row) for row in await cur.fetchall()]
+
+    async def put_parts(self, digest: str, parts: list[PartState]) -> None:
+        async with self._write:
+            await self._db.executemany(
+                "INSERT OR REPLACE INTO partials (digest, part, total, offset, size, completed) VALUES (?,?,?,?,?,?)",
+                [(digest, p.part, p.total, p.offset, p.size, p.completed) for p in parts],
+            )
+            await self._db.commit()
+
+    async def clear_parts(self, digest: str) -> None:
+        async with self._write:
+            await self._db.execute("DELETE FROM partials WHERE digest = ?", (digest,))
+            await self._db.commit()
+
+    async def partial_digests(self) -> set[str]:
+        async with self._db.execute("SELECT DISTINCT digest FROM partials") as cur:
+            return {row[0] for row in await cur.fetchall()}
+
+    # References and verification
+
+    async def referenced_digests(self) -> set[str]:
+        async with self._db.execute("SELECT DISTINCT digest FROM layers") as cur:
+            return {row[0] for row in await cur.fetchall()}
+
+    async def get_verified(self, digest: str) -> tuple[int, int, float] | None:
+        sql = "SELECT size, mtime_ns, verified_at FROM verified WHERE digest = ?"
+        async with self._db.execute(sql, (digest,)) as cur:
+            row = await cur.fetchone()
+        return (row[0], row[1], row[2]) if row else None
+
+    async def put_verified(self, digest: str, size: int, mtime_ns: int, when: float) -> None:
+        async with self._write:
+            await self._db.execute(
+                "INSERT OR REPLACE INTO verified (digest, size, mtime_ns, verified_at) VALUES (?,?,?,?)",
+                (digest, size, mtime_ns, when),
+            )
+            await self._db.commit()
+
+
+@dataclass
+class PartState:
+    """One byte range of a download: [offset, offset + size), of which `completed` are written."""
+
+    part: int
+    total: int  # size of the whole blob
+    offset: int
+    size: int
+    completed: int
 
 
 def _remove_db_files(path: Path) -> None:

@@ -3,25 +3,50 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 from corral import logs
-from corral.config import Settings
+from corral.config import Settings, raw
+from corral.durations import parse_keep_alive
 from corral.grpc_server import GrpcService, run_until_signal
 from services.registry.core import Registry
+from services.registry.download import TransferSettings
+from services.registry.manage import background_verify
 from services.registry.servicer import register
 
 log = logging.getLogger(__name__)
 
+_FIRST_VERIFY_DELAY = 300.0  # let startup traffic (loads, pulls) go first
+
+
+def _seconds(name: str) -> float:
+    return parse_keep_alive(raw(name), env_style=True)
+
 
 async def serve(settings: Settings) -> None:
     """Open the store at settings.models_dir and serve RegistryService until SIGTERM/SIGINT."""
-    registry = await Registry.open(settings.models_dir)
+    noprune = raw("CORRAL_NOPRUNE").lower() not in ("", "0", "false", "no", "off")
+    transfer = TransferSettings(parallel=max(1, int(raw("CORRAL_PULL_PARALLEL"))))
+    registry = await Registry.open(settings.models_dir, transfer, noprune)
+    grace = _seconds("CORRAL_BLOB_GRACE")
     log.info("model store at %s", registry.store.root)
+    tasks: list[asyncio.Task[None]] = []
+    if not noprune:
+        removed = await registry.collect_garbage(grace)  # like Ollama's startup prune, with a grace period
+        if removed:
+            log.info("removed %d unreferenced blobs", len(removed))
+    interval = _seconds("CORRAL_VERIFY_INTERVAL")
+    if 0 < interval < float("inf"):
+        tasks.append(asyncio.create_task(background_verify(registry, interval, _FIRST_VERIFY_DELAY)))
     try:
-        service = GrpcService("registry", settings.registry_addr, register(registry))
+        service = GrpcService("registry", settings.registry_addr, register(registry, grace))
         await run_until_signal(service)
     finally:
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await registry.close()
 
 

@@ -56,6 +56,7 @@ class StoredModel:
     system: str = ""
     parameters: dict[str, Any] = field(default_factory=dict)
     licenses: tuple[str, ...] = ()
+    messages: tuple[tuple[str, str], ...] = ()  # MESSAGE (role, content) pairs
     adapter_paths: tuple[str, ...] = ()
     projector_paths: tuple[str, ...] = ()
     gguf: GGUFInfo | None = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Callable, Iterable
 
 import grpc
@@ -58,8 +59,9 @@ def _struct_to_dict(s: struct_pb2.Struct) -> dict[str, object]:
 
 
 class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
-    def __init__(self, registry: Registry) -> None:
+    def __init__(self, registry: Registry, gc_grace_seconds: float = 3600.0) -> None:
         self.registry = registry
+        self.gc_grace_seconds = gc_grace_seconds
 
     async def ResolveModel(
         self, request: registry_pb2.ResolveModelRequest, context: grpc.aio.ServicerContext
@@ -86,6 +88,8 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             parameters=_struct_to_dict(request.parameters),
             license=tuple(request.license),
             quantize=request.quantize,
+            messages=tuple((m.role, m.content) for m in request.messages) or None,
+            modelfile=request.modelfile,
         )
         async for event in self.registry.create(req):
             yield registry_pb2.CreateModelResponse(
@@ -117,11 +121,83 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         return registry_pb2.UploadBlobResponse(created=result.created, size_bytes=result.size)
 
 
-def register(registry: Registry) -> Callable[[grpc.aio.Server], Iterable[str]]:
+    async def ReadBlob(
+        self, request: registry_pb2.ReadBlobRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[registry_pb2.ReadBlobResponse]:
+        first = True
+        async for size, chunk in self.registry.read_blob(request.digest, request.offset):
+            yield registry_pb2.ReadBlobResponse(size_bytes=size if first else 0, chunk=chunk)
+            first = False
+
+    async def ShowModel(
+        self, request: registry_pb2.ShowModelRequest, context: grpc.aio.ServicerContext
+    ) -> registry_pb2.ShowModelResponse:
+        r = await self.registry.show(
+            request.name,
+            verbose=request.verbose,
+            system=request.system if request.HasField("system") else None,
+            options=_struct_to_dict(request.options),
+        )
+        base = model_to_proto(r.model)
+        out = registry_pb2.ShowModelResponse(
+            license=r.license,
+            modelfile=r.modelfile,
+            parameters=r.parameters,
+            template=r.template,
+            system=r.system,
+            details=base.details,
+            model_info_json=json.dumps(r.model_info, ensure_ascii=False),
+            capabilities=list(r.model.capabilities),
+            messages=[registry_pb2.ModelMessage(role=role, content=text) for role, text in r.messages],
+            tensors=[registry_pb2.TensorInfo(name=t.name, type=t.type, shape=t.shape) for t in r.tensors],
+        )
+        out.modified_at.CopyFrom(base.modified_at)
+        return out
+
+    async def CopyModel(
+        self, request: registry_pb2.CopyModelRequest, context: grpc.aio.ServicerContext
+    ) -> registry_pb2.CopyModelResponse:
+        await self.registry.copy(request.source, request.destination)
+        return registry_pb2.CopyModelResponse()
+
+    async def DeleteModel(
+        self, request: registry_pb2.DeleteModelRequest, context: grpc.aio.ServicerContext
+    ) -> registry_pb2.DeleteModelResponse:
+        return registry_pb2.DeleteModelResponse(removed_blobs=await self.registry.delete(request.name))
+
+    async def PullModel(
+        self, request: registry_pb2.PullModelRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[registry_pb2.TransferProgress]:
+        async for e in self.registry.pull(request.name, request.insecure):
+            yield registry_pb2.TransferProgress(status=e.status, digest=e.digest, total=e.total, completed=e.completed)
+
+    async def PushModel(
+        self, request: registry_pb2.PushModelRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[registry_pb2.TransferProgress]:
+        async for e in self.registry.push(request.name, request.insecure):
+            yield registry_pb2.TransferProgress(status=e.status, digest=e.digest, total=e.total, completed=e.completed)
+
+    async def VerifyBlobs(
+        self, request: registry_pb2.VerifyBlobsRequest, context: grpc.aio.ServicerContext
+    ) -> registry_pb2.VerifyBlobsResponse:
+        report = await self.registry.verify(list(request.digests))
+        return registry_pb2.VerifyBlobsResponse(
+            checked=report.checked, corrupt=report.corrupt, broken_models=report.broken_models
+        )
+
+    async def CollectGarbage(
+        self, request: registry_pb2.CollectGarbageRequest, context: grpc.aio.ServicerContext
+    ) -> registry_pb2.CollectGarbageResponse:
+        grace = request.grace_seconds if request.HasField("grace_seconds") else self.gc_grace_seconds
+        return registry_pb2.CollectGarbageResponse(removed_blobs=await self.registry.collect_garbage(grace))
+
+
+def register(registry: Registry, gc_grace_seconds: float = 3600.0) -> Callable[[grpc.aio.Server], Iterable[str]]:
     """The `register` callback GrpcService expects."""
 
     def add(server: grpc.aio.Server) -> Iterable[str]:
-        registry_pb2_grpc.add_RegistryServiceServicer_to_server(RegistryServicer(registry), server)
+        servicer = RegistryServicer(registry, gc_grace_seconds)
+        registry_pb2_grpc.add_RegistryServiceServicer_to_server(servicer, server)
         return [registry_pb2.DESCRIPTOR.services_by_name["RegistryService"].full_name]
 
     return add

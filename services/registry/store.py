@@ -242,6 +242,19 @@ class Store:
         return entry
 
 
+    def delete_manifest(self, entry: ManifestFile) -> None:
+        """Remove a manifest and the directories it leaves empty."""
+        entry.path.unlink(missing_ok=True)
+        _fsync_dir(entry.path.parent)
+        directory = entry.path.parent
+        while directory != self.manifests_dir and self.manifests_dir in directory.parents:
+            try:
+                directory.rmdir()
+            except OSError:
+                break  # not empty
+            directory = directory.parent
+
+
 def blob_not_found(digest: str) -> CorralError:
     return CorralError(common_pb2.ERROR_REASON_BLOB_NOT_FOUND, f'blob "{digest}" not found')
 

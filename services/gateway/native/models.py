@@ -1,4 +1,4 @@
-"""Model management: /api/tags, /api/create, /api/blobs/:digest."""
+"""Model management: /api/tags, /api/create, /api/blobs/:digest (the rest is in manage.py)."""
 
 from __future__ import annotations
 
@@ -71,6 +71,8 @@ class CreateRequest(BaseModel):
     license: str | list[str] | None = None
     quantize: str = ""
     quantization: str = ""
+    messages: list[dict[str, Any]] | None = None
+    modelfile: str = ""  # older Ollama clients send the Modelfile text
 
 
 @router.post("/api/create")
@@ -79,7 +81,13 @@ async def create(request: Request) -> Response:
     name = body.model or body.name
     if not name:
         raise errors.bad_request("model is required", "model_required")
+    messages = [
+        registry_pb2.ModelMessage(role=str(m.get("role") or ""), content=str(m.get("content") or ""))
+        for m in body.messages or []
+    ]
     req = registry_pb2.CreateModelRequest(
+        messages=messages,
+        modelfile=body.modelfile,
         name=name,
         files=body.files or {},
         adapters=body.adapters or {},

@@ -1,0 +1,258 @@
+"""Blob downloads: parallel ranged parts into a `-partial` file, resumable across restarts.
+
+A download writes `blobs/sha256-<hex>-partial` (full size, sparse) and keeps
+its part table (offset, size, bytes written) in the index, so a later
+download — in this process or after a crash — starts where the parts left
+off. Nothing is trusted: the whole file is hashed before it is renamed to
+its blob name, and a mismatch deletes it. Concurrent pulls of one digest
+share one download; it is cancelled (and stays resumable) when the last
+waiter leaves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import hashlib
+import logging
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from functools import partial
+
+import httpx
+
+from corral.errors import CorralError
+from corral.v1 import common_pb2
+from services.registry.digests import blob_filename, from_hex
+from services.registry.index import Index, PartState
+from services.registry.remote import Remote, raise_for_status, remote_error
+from services.registry.store import Store, _fsync_dir
+
+log = logging.getLogger(__name__)
+
+PARTIAL_SUFFIX = "-partial"
+_WRITE_BATCH = 4 << 20
+
+
+@dataclass(frozen=True)
+class TransferSettings:
+    parallel: int = 4  # parts in flight per blob
+    min_part: int = 16 << 20
+    max_part: int = 1 << 30
+    stall_seconds: float = 30.0  # no bytes for this long: drop the connection and retry
+    retries: int = 6
+    backoff_seconds: float = 0.5  # doubled per retry, capped at 30 s
+    save_seconds: float = 0.5  # how often part progress is written to the index
+
+
+def split_parts(total: int, s: TransferSettings) -> list[PartState]:
+    size = min(max(total // 16, s.min_part), s.max_part)
+    return [PartState(i, total, off, min(size, total - off), 0) for i, off in enumerate(range(0, max(total, 1), size))]
+
+
+def digest_mismatch(want: str, got: str) -> CorralError:
+    message = f"digest mismatch, file must be downloaded again: want {want}, got {got}"
+    return CorralError(common_pb2.ERROR_REASON_DIGEST_MISMATCH, message)
+
+
+class _Stalled(Exception):
+    pass
+
+
+class BlobDownload:
+    def __init__(self, store: Store, index: Index, settings: TransferSettings, remote: Remote, digest: str,
+                 total: int) -> None:  # fmt: skip
+        self.store, self.index, self.settings = store, index, settings
+        self.remote, self.digest, self.total = remote, digest, total
+        self.parts: list[PartState] = []
+        self.fetched = 0  # bytes received over the network by this download
+        self.task: asyncio.Task[None] | None = None
+        self.waiters = 0
+        self._written = asyncio.Event()  # wakes the hasher
+        self._hash = hashlib.sha256()
+        self._hashed = 0  # bytes from offset 0 already fed to _hash
+        self.path = store.blob_path(digest)
+        self.partial = self.path.with_name(self.path.name + PARTIAL_SUFFIX)
+
+    @property
+    def completed(self) -> int:
+        return sum(p.completed for p in self.parts)
+
+    async def run(self) -> None:
+        self.parts = await self._prepare()
+        fd = await asyncio.to_thread(os.open, self.partial, os.O_RDWR)
+        saver = asyncio.create_task(self._save_periodically())
+        hasher = asyncio.create_task(self._hash_frontier(fd))
+        try:
+            sem = asyncio.Semaphore(self.settings.parallel)
+            async with asyncio.TaskGroup() as tg:
+                for part in self.parts:
+                    if part.completed < part.size:
+                        tg.create_task(self._run_part(fd, part, sem))
+            await asyncio.to_thread(os.fsync, fd)
+            self._written.set()
+            await hasher  # hashing mostly kept pace with the download: little is left
+        except BaseExceptionGroup as group:
+            raise group.exceptions[0] from None
+        finally:
+            saver.cancel()
+            hasher.cancel()
+            with contextlib.suppress(BaseException):
+                await hasher
+            os.close(fd)
+            await asyncio.shield(self.index.put_parts(self.digest, self.parts))
+        got = from_hex(self._hash.hexdigest())
+        if got != self.digest:
+            await asyncio.to_thread(self.partial.unlink, True)
+            await self.index.clear_parts(self.digest)
+            raise digest_mismatch(self.digest, got)
+        await asyncio.to_thread(os.replace, self.partial, self.path)
+        await asyncio.to_thread(_fsync_dir, self.path.parent)
+        await self.index.clear_parts(self.digest)
+
+    async def _prepare(self) -> list[PartState]:
+        parts = await self.index.get_parts(self.digest)
+        try:
+            size = self.partial.stat().st_size
+        except FileNotFoundError:
+            size = -1
+        if parts and size == self.total and all(p.total == self.total for p in parts):
+            log.info("resuming %s at %d of %d bytes", self.digest, sum(p.completed for p in parts), self.total)
+            return parts
+        await self.index.clear_parts(self.digest)
+        with open(self.partial, "wb") as f:  # noqa: ASYNC230 - creating an empty sparse file
+            f.truncate(self.total)
+        parts = split_parts(self.total, self.settings)
+        await self.index.put_parts(self.digest, parts)
+        return parts
+
+    async def _hash_frontier(self, fd: int) -> None:
+        """Hash the file's contiguous written prefix while the parts are still downloading."""
+        while self._hashed < self.total:
+            await self._written.wait()
+            self._written.clear()
+            end = self._hashed
+            for p in self.parts:
+                if p.offset <= end < p.offset + p.size or p.offset == end:
+                    end = p.offset + p.completed
+                    if p.completed < p.size:
+                        break
+            if end > self._hashed:
+                await asyncio.to_thread(self._hash_range, fd, self._hashed, end)
+                self._hashed = end
+
+    def _hash_range(self, fd: int, start: int, end: int) -> None:
+        while start < end:
+            data = os.pread(fd, min(4 << 20, end - start), start)
+            if not data:
+                raise OSError(f"{self.partial} is shorter than expected")
+            self._hash.update(data)
+            start += len(data)
+
+    async def _save_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.save_seconds)
+            await self.index.put_parts(self.digest, self.parts)
+
+    async def _run_part(self, fd: int, part: PartState, sem: asyncio.Semaphore) -> None:
+        async with sem:
+            tries = 0
+            while part.completed < part.size:
+                try:
+                    await self._fetch(fd, part)
+                except _Stalled:
+                    log.warning("part %d of %s stalled; retrying", part.part, self.digest)
+                except (CorralError, httpx.HTTPError, OSError) as exc:
+                    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+                        raise
+                    tries += 1
+                    if tries >= self.settings.retries:
+                        raise remote_error(f"max retries exceeded: {exc}") from exc
+                    log.warning("part %d of %s failed (%s); retry %d", part.part, self.digest, exc, tries)
+                    await asyncio.sleep(min(self.settings.backoff_seconds * 2 ** (tries - 1), 30.0))
+
+    async def _fetch(self, fd: int, part: PartState) -> None:
+        start = part.offset + part.completed
+        end = part.offset + part.size - 1
+        headers = {"Range": f"bytes={start}-{end}"}
+        async with self.remote.open("GET", self.remote.blob_url(self.digest), headers=headers, timeout=None) as resp:
+            await raise_for_status(resp)
+            skip = start if resp.status_code == 200 else 0  # the server ignored Range
+            stream = resp.aiter_raw(1 << 20)
+            pending: list[bytes] = []
+            pending_size = 0
+            while part.completed + pending_size < part.size:
+                try:
+                    chunk = await asyncio.wait_for(anext(stream), self.settings.stall_seconds)
+                except StopAsyncIteration:
+                    break
+                except TimeoutError:
+                    raise _Stalled from None
+                self.fetched += len(chunk)
+                if skip:
+                    cut = min(skip, len(chunk))
+                    chunk, skip = chunk[cut:], skip - cut
+                chunk = chunk[: part.size - part.completed - pending_size]
+                pending.append(chunk)
+                pending_size += len(chunk)
+                if pending_size >= _WRITE_BATCH:
+                    await self._write(fd, part, pending)
+                    pending, pending_size = [], 0
+            if pending:
+                await self._write(fd, part, pending)
+        if part.completed < part.size:
+            raise remote_error(f"connection closed after {part.completed} of {part.size} bytes")
+
+    async def _write(self, fd: int, part: PartState, chunks: list[bytes]) -> None:
+        data = b"".join(chunks)
+        await asyncio.to_thread(os.pwrite, fd, data, part.offset + part.completed)
+        part.completed += len(data)  # only after the bytes are in the file
+        self._written.set()
+
+
+class Downloads:
+    """The downloads in flight, shared by digest."""
+
+    def __init__(self, store: Store, index: Index, settings: TransferSettings) -> None:
+        self.store, self.index, self.settings = store, index, settings
+        self._active: dict[str, BlobDownload] = {}
+        self.fetched_total = 0  # network bytes of all downloads (for tests and benchmarks)
+
+    async def download(self, remote: Remote, digest: str, total: int, interval: float = 0.06) -> AsyncIterator[int]:
+        """Download a blob (or join the download in flight); yields bytes completed so far."""
+        dl = self._active.get(digest)
+        if dl is None or dl.task is None or dl.task.done():
+            dl = BlobDownload(self.store, self.index, self.settings, remote, digest, total)
+            dl.task = asyncio.create_task(dl.run())
+            self._active[digest] = dl
+            dl.task.add_done_callback(partial(self._finished, dl))
+        task = dl.task
+        dl.waiters += 1
+        try:
+            while not task.done():
+                yield dl.completed
+                await asyncio.wait({task}, timeout=interval)
+            task.result()
+            yield total
+        finally:
+            dl.waiters -= 1
+            if dl.waiters == 0 and not task.done():
+                task.cancel()  # nobody wants it any more; the parts stay resumable
+                with contextlib.suppress(BaseException):
+                    await asyncio.shield(asyncio.wait({task}))
+
+    def active(self) -> set[str]:
+        return set(self._active)
+
+    def _finished(self, dl: BlobDownload, _task: object = None) -> None:
+        self.fetched_total += dl.fetched
+        if self._active.get(dl.digest) is dl:
+            del self._active[dl.digest]
+        if dl.task is not None and not dl.task.cancelled():
+            dl.task.exception()  # mark retrieved; waiters re-raise it
+
+
+def partial_name(digest: str) -> str:
+    return blob_filename(digest) + PARTIAL_SUFFIX

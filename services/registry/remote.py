@@ -1,0 +1,195 @@
+"""An OCI distribution (Docker registry v2) client, as Ollama talks to registries.
+
+`Remote` wraps one repository (`<host>/v2/<namespace>/<model>`): it answers
+bearer-token challenges (the token realm must be on the registry's host),
+follows redirects only on the same host, and turns HTTP failures into
+CorralErrors with Ollama's messages. Plain HTTP needs `insecure`.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import AsyncIterable, AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+
+import grpc
+import httpx
+
+from corral import __version__
+from corral.errors import CorralError
+from corral.v1 import common_pb2
+from services.registry.manifest import MANIFEST_MEDIA_TYPE, MAX_MANIFEST_BYTES, go_arch, go_os
+from services.registry.names import ModelName, parse_name
+
+MAX_REDIRECTS = 5
+USER_AGENT = f"corral/{__version__} ({go_arch()} {go_os()})"
+_CHALLENGE_RE = re.compile(r'(\w+)="([^"]*)"')
+
+
+def remote_error(message: str, code: grpc.StatusCode = grpc.StatusCode.INTERNAL) -> CorralError:
+    return CorralError(common_pb2.ERROR_REASON_UNSPECIFIED, message, code)
+
+
+def invalid(message: str) -> CorralError:
+    return CorralError(common_pb2.ERROR_REASON_INVALID_ARGUMENT, message)
+
+
+def parse_remote_name(raw: str, insecure: bool) -> tuple[ModelName, str]:
+    """The name and the scheme to use; an explicit http:// needs `insecure`."""
+    scheme = "http" if insecure else "https"
+    lowered = raw.lower()
+    if lowered.startswith("http://"):
+        if not insecure:
+            raise invalid("insecure protocol http")
+        scheme = "http"
+    elif lowered.startswith("https://"):
+        scheme = "https"
+    return parse_name(raw), scheme
+
+
+class Remote:
+    """One repository on one registry."""
+
+    def __init__(self, client: httpx.AsyncClient, name: ModelName, scheme: str) -> None:
+        self.client = client
+        self.name = name
+        self.base = f"{scheme}://{name.host}"
+        self.repo = f"{self.base}/v2/{name.namespace}/{name.model}"
+        self._host = urlsplit(self.base).netloc.lower()
+        self._token = ""
+
+    def blob_url(self, digest: str) -> str:
+        return f"{self.repo}/blobs/{digest}"
+
+    def manifest_url(self) -> str:
+        return f"{self.repo}/manifests/{self.name.tag}"
+
+    def same_host(self, url: str) -> str:
+        """`url` resolved against the registry; refuses any other host."""
+        full = urljoin(self.base + "/", url)
+        if urlsplit(full).netloc.lower() != self._host:
+            raise remote_error(f"refusing redirect to another host: {urlsplit(full).netloc}")
+        return full
+
+    def _headers(self, extra: dict[str, str] | None) -> dict[str, str]:
+        headers = {"User-Agent": USER_AGENT, **(extra or {})}
+        if self._token:
+            headers["Authorization"] = f"Bearer {self._token}"
+        return headers
+
+    @asynccontextmanager
+    async def open(
+        self, method: str, url: str, *, headers: dict[str, str] | None = None, content: Any = None,
+        timeout: float | None = 30.0,
+    ) -> AsyncIterator[httpx.Response]:  # fmt: skip
+        """A streamed response after auth and same-host redirects; the body is not read yet."""
+        url = self.same_host(url)
+        authed = False
+        for _ in range(MAX_REDIRECTS + 2):
+            req = self.client.build_request(
+                method, url, headers=self._headers(headers), content=content, timeout=timeout
+            )
+            try:
+                resp = await self.client.send(req, stream=True, follow_redirects=False)
+            except httpx.HTTPError as exc:
+                raise remote_error(f"{method} {url}: {exc}", grpc.StatusCode.UNAVAILABLE) from exc
+            try:
+                if resp.status_code == 401 and not authed and (content is None or isinstance(content, bytes)):
+                    challenge = resp.headers.get("www-authenticate", "")
+                    await resp.aread()
+                    await self._authenticate(challenge)
+                    authed = True
+                    continue
+                if resp.status_code in (301, 302, 303, 307, 308) and "location" in resp.headers:
+                    url = self.same_host(resp.headers["location"])
+                    method = "GET" if resp.status_code == 303 else method
+                    continue
+                yield resp
+                return
+            finally:
+                await resp.aclose()
+        raise remote_error(f"too many redirects for {url}")
+
+    async def _authenticate(self, challenge: str) -> None:
+        scheme, _, params = challenge.partition(" ")
+        if scheme.lower() != "bearer":
+            raise remote_error("unauthorized: access denied", grpc.StatusCode.UNAUTHENTICATED)
+        fields = dict(_CHALLENGE_RE.findall(params))
+        realm = fields.get("realm", "")
+        if not realm or urlsplit(realm).hostname != urlsplit(self.base).hostname:
+            raise remote_error(f"unauthorized: token realm {realm!r} is not on the registry's host",
+                               grpc.StatusCode.UNAUTHENTICATED)  # fmt: skip
+        query = {k: v for k, v in fields.items() if k in ("service", "scope")}
+        query["ts"] = str(int(time.time()))
+        try:
+            resp = await self.client.get(realm, params=query, headers={"User-Agent": USER_AGENT}, timeout=30)
+        except httpx.HTTPError as exc:
+            raise remote_error(f"token request failed: {exc}", grpc.StatusCode.UNAVAILABLE) from exc
+        if resp.status_code != 200:
+            raise remote_error("unauthorized: access denied", grpc.StatusCode.UNAUTHENTICATED)
+        try:
+            body = resp.json()
+            token = body.get("token") or body.get("access_token") or ""
+        except (ValueError, AttributeError):
+            token = ""
+        if not isinstance(token, str) or not token:
+            raise remote_error("unauthorized: the token service returned no token", grpc.StatusCode.UNAUTHENTICATED)
+        self._token = token
+
+    async def get_manifest(self) -> bytes:
+        """The raw manifest bytes, refused past MAX_MANIFEST_BYTES."""
+        headers = {"Accept": MANIFEST_MEDIA_TYPE}
+        async with self.open("GET", self.manifest_url(), headers=headers) as resp:
+            if resp.status_code == 404:
+                raise CorralError(common_pb2.ERROR_REASON_MODEL_NOT_FOUND, "pull model manifest: file does not exist")
+            await raise_for_status(resp)
+            if int(resp.headers.get("content-length") or 0) > MAX_MANIFEST_BYTES:
+                raise invalid("pull model manifest: manifest is too large")
+            data = bytearray()
+            async for chunk in resp.aiter_bytes():
+                data += chunk
+                if len(data) > MAX_MANIFEST_BYTES:
+                    raise invalid("pull model manifest: manifest is too large")
+        return bytes(data)
+
+    async def blob_exists(self, digest: str) -> bool:
+        async with self.open("HEAD", self.blob_url(digest)) as resp:
+            if resp.status_code == 404:
+                return False
+            await raise_for_status(resp)
+            return True
+
+    async def blob_size(self, digest: str) -> int:
+        async with self.open("HEAD", self.blob_url(digest)) as resp:
+            await raise_for_status(resp)
+            return int(resp.headers.get("content-length") or 0)
+
+    async def start_upload(self) -> str:
+        async with self.open("POST", f"{self.repo}/blobs/uploads/", content=b"") as resp:
+            await raise_for_status(resp)
+            location = resp.headers.get("docker-upload-location") or resp.headers.get("location")
+        if not location:
+            raise remote_error("registry did not return an upload location")
+        return self.same_host(location)
+
+    async def send(self, method: str, url: str, *, headers: dict[str, str], content: bytes | AsyncIterable[bytes],
+                   timeout: float | None = None) -> httpx.Headers:  # fmt: skip
+        async with self.open(method, url, headers=headers, content=content, timeout=timeout) as resp:
+            await raise_for_status(resp)
+            return resp.headers
+
+    async def put_manifest(self, data: bytes) -> None:
+        headers = {"Content-Type": MANIFEST_MEDIA_TYPE}
+        await self.send("PUT", self.manifest_url(), headers=headers, content=data, timeout=60)
+
+
+async def raise_for_status(resp: httpx.Response) -> None:
+    if resp.status_code < 400:
+        return
+    body = (await resp.aread())[:2048].decode("utf-8", errors="replace").strip()
+    if resp.status_code == 401:
+        raise remote_error("unauthorized: access denied", grpc.StatusCode.UNAUTHENTICATED)
+    raise remote_error(f"{resp.status_code}: {body}")
