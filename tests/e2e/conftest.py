@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests import assets
+from tests.e2e.cli import TERSE, corral
 from tests.stack import Stack, create_model, start_stack, stop_stack
 
 MODEL = "gemma3"
@@ -32,3 +33,13 @@ def gemma(stack: Stack, gemma_path: Path) -> str:
 @pytest.fixture(scope="session")
 def gemma_digest() -> str:
     return assets.gemma_digest()
+
+
+@pytest.fixture(scope="session")
+def terse(stack: Stack, gemma: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    d = tmp_path_factory.mktemp("modelfile")
+    (d / "Modelfile").write_text(TERSE)
+    r = corral(stack, "create", "terse", "-f", str(d / "Modelfile"))
+    assert r.returncode == 0, r.stderr
+    assert "success" in r.stderr
+    return "terse"
