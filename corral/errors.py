@@ -84,8 +84,6 @@ def from_rpc_error(err: grpc.RpcError) -> CorralError:
                     reason = common_pb2.ErrorReason.Value(_PREFIX + info.reason)
                 except ValueError:
                     reason = common_pb2.ERROR_REASON_UNSPECIFIED
-    if reason == common_pb2.ERROR_REASON_UNSPECIFIED and code == grpc.StatusCode.UNAVAILABLE:
-        reason = common_pb2.ERROR_REASON_RUNNER_FAILED
     return CorralError(reason, message, code)
 
 

@@ -67,7 +67,7 @@ def _section(title: str, rows: list[tuple[str, str]]) -> list[str]:
     if not rows:
         return []
     width = max(len(k) for k, _ in rows)
-    return [f"  {title}", *(f"    {k.ljust(width)}    {v}" for k, v in rows), ""]
+    return [f"  {title}", *(f"    {k.ljust(width)}    {v}".rstrip() for k, v in rows), ""]
 
 
 def cmd_show(client: Client, args: argparse.Namespace) -> int:
