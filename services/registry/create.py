@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import re
+import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from corral.errors import CorralError
 from corral.v1 import common_pb2
+from services.registry.convert import is_safetensors_model
+from services.registry.convert.jobs import convert_job, quantize_job, stage
 from services.registry.digests import INVALID_DIGEST_MESSAGE, try_parse_digest
 from services.registry.gguf_meta import GGUFInfo
 from services.registry.manifest import (
@@ -104,14 +108,15 @@ def _media_type(info: GGUFInfo) -> str:
     return MEDIA_MODEL
 
 
-def _check_quantize(requested: str, source: GGUFInfo | None) -> None:
+def _check_quantize(requested: str, source: GGUFInfo | None) -> str:
+    """The canonical target type (services/registry/convert/quantize.py does the work)."""
     want = _QUANTIZE_ALIASES.get(requested.upper(), requested.upper())
     if want not in QUANTIZE_TYPES:
         supported = ", ".join(t for t in QUANTIZE_TYPES if t != "BF16")
         raise _invalid(f"unsupported quantization type {requested} - supported types are {supported}")
     if source is None or source.file_type_name not in ("F16", "BF16", "F32"):
         raise _invalid("quantization is only supported for F16, BF16 and F32 models")
-    raise CorralError(common_pb2.ERROR_REASON_UNSUPPORTED, "quantization is not supported yet")
+    return want
 
 
 def _plain(value: Any) -> Any:
@@ -174,6 +179,7 @@ async def create_model(registry: Registry, req: CreateRequest) -> AsyncIterator[
 
     layers: list[Layer] = []
     weights: GGUFInfo | None = None
+    converted: set[str] = set()  # blobs this request wrote (conversion, quantization)
     parent_params: dict[str, Any] = {}
     if req.from_:  # like Ollama, `from` wins when both are given
         parse_name(req.from_)
@@ -182,6 +188,17 @@ async def create_model(registry: Registry, req: CreateRequest) -> AsyncIterator[
         config = {k: v for k, v in parent.config.items() if k != "rootfs"}
         weights, parent_params = parent.gguf, parent.parameters
     else:
+        if is_safetensors_model(list(files)):
+            job = None
+            with tempfile.TemporaryDirectory(prefix="corral-convert-") as staged:
+                await asyncio.to_thread(stage, registry, files, Path(staged))
+                job = convert_job(registry, Path(staged))
+                yield Progress("converting model")
+                async for done, total in job.run():
+                    yield Progress("converting model", total=total, completed=done)
+            files = {"model.gguf": job.digest}
+            if job.created:
+                converted.add(job.digest)
         yield Progress("parsing GGUF")
         for path in sorted(files):
             info = await registry.gguf_info(files[path])
@@ -199,9 +216,22 @@ async def create_model(registry: Registry, req: CreateRequest) -> AsyncIterator[
         await registry.gguf_info(adapters[path])  # must be a GGUF
         layers.append(Layer(MEDIA_ADAPTER, adapters[path], await registry.stat_blob(adapters[path]) or 0))
     if req.quantize:
-        _check_quantize(req.quantize, weights)
+        want = _check_quantize(req.quantize, weights)
+        assert weights is not None
+        if want != weights.file_type_name:
+            source = next(la for la in reversed(layers) if la.media_type == MEDIA_MODEL)
+            status = f"quantizing {weights.file_type_name} model to {want}"
+            job = quantize_job(registry, registry.store.blob_path(source.digest), weights.file_type_name, want)
+            yield Progress(status)
+            async for done, total in job.run():
+                yield Progress(status, total=total, completed=done)
+            if job.created:
+                converted.add(job.digest)
+            layers = [Layer(MEDIA_MODEL, job.digest, job.size) if la is source else la for la in layers]
+            weights = await registry.gguf_info(job.digest)
+            config = {**config, "file_type": weights.file_type_name}
 
-    created: set[str] = set()
+    created: set[str] = set(converted)
 
     async def text_layer(media_type: str, data: bytes) -> None:
         digest, new = await asyncio.to_thread(registry.store.put_blob, data)
