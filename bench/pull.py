@@ -36,8 +36,8 @@ from tests.registry.helpers import file_chunks
 from tests.registry.oci import start_oci_registry
 
 
-async def plain_copy(host: str, manifest: Manifest, out: Path) -> float:
-    start = time.perf_counter()
+async def plain_copy(host: str, manifest: Manifest, out: Path) -> tuple[float, float]:
+    start, cpu = time.perf_counter(), time.process_time()
     async with httpx.AsyncClient() as client:
         for layer in (*manifest.layers, manifest.config):
             url = f"http://{host}/v2/bench/gemma/blobs/{layer.digest}"
@@ -45,7 +45,7 @@ async def plain_copy(host: str, manifest: Manifest, out: Path) -> float:
                 with (out / layer.digest.replace(":", "-")).open("wb") as f:
                     async for chunk in resp.aiter_raw(1 << 20):
                         f.write(chunk)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu
 
 
 async def run(model: Path, rounds: int, settings: TransferSettings) -> None:
@@ -64,18 +64,21 @@ async def run(model: Path, rounds: int, settings: TransferSettings) -> None:
             manifest = Manifest.from_bytes(await src.manifest_bytes(name))
             await src.close()
             total = manifest.size
-            pulls, copies = [], []
+            pulls, copies, pull_cpu, copy_cpu = [], [], [], []
             for i in range(rounds):
                 dst = await Registry.open(tmp / f"dst{i}", settings)
-                start = time.perf_counter()
+                start, cpu = time.perf_counter(), time.process_time()
                 async for _ in dst.pull(name, insecure=True):
                     pass
                 pulls.append(time.perf_counter() - start)
+                pull_cpu.append(time.process_time() - cpu)
                 await dst.close()
                 shutil.rmtree(tmp / f"dst{i}")
                 out = tmp / f"copy{i}"
                 out.mkdir()
-                copies.append(await plain_copy(oci.host, manifest, out))
+                wall, cpu_s = await plain_copy(oci.host, manifest, out)
+                copies.append(wall)
+                copy_cpu.append(cpu_s)
                 shutil.rmtree(out)
             start = time.perf_counter()
             shutil.copyfile(model, tmp / "local-copy")
@@ -88,6 +91,10 @@ async def run(model: Path, rounds: int, settings: TransferSettings) -> None:
     print(f"corral pull (verified):     {pull_rate:8.1f} MB/s  (median of {[round(t, 3) for t in pulls]} s)")
     print(f"plain loopback HTTP copy:   {copy_rate:8.1f} MB/s  (median of {[round(t, 3) for t in copies]} s)")
     print(f"local shutil.copyfile:      {mb / local:8.1f} MB/s")
+    # CPU seconds of this process (all threads) per GB: steadier than wall time on a busy machine.
+    gb = total / 1e9
+    pull_gb, copy_gb = statistics.median(pull_cpu) / gb, statistics.median(copy_cpu) / gb
+    print(f"client CPU per GB:          pull {pull_gb:.2f} s, plain copy {copy_gb:.2f} s")
     print(f"ratio pull / plain copy: {pull_rate / copy_rate:.2f}")
 
 

@@ -17,9 +17,11 @@ import errno
 import hashlib
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
+from typing import Any, TypeVar
 
 import httpx
 
@@ -34,6 +36,9 @@ log = logging.getLogger(__name__)
 
 PARTIAL_SUFFIX = "-partial"
 _WRITE_BATCH = 4 << 20
+_HASH_BLOCK = 4 << 20
+_SYNC_EVERY = 64 << 20
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -73,6 +78,8 @@ class BlobDownload:
         self._written = asyncio.Event()  # wakes the hasher
         self._hash = hashlib.sha256()
         self._hashed = 0  # bytes from offset 0 already fed to _hash
+        self._unsynced = 0  # bytes written since the last background fdatasync
+        self._syncing: asyncio.Future[None] | None = None
         self.path = store.blob_path(digest)
         self.partial = self.path.with_name(self.path.name + PARTIAL_SUFFIX)
 
@@ -82,16 +89,21 @@ class BlobDownload:
 
     async def run(self) -> None:
         self.parts = await self._prepare()
+        # Every blocking call on `fd` runs in this pool, so the fd is closed only after the
+        # last of them returned, even when the download is cancelled mid-write.
         fd = await asyncio.to_thread(os.open, self.partial, os.O_RDWR)
+        pool = ThreadPoolExecutor(self.settings.parallel + 2, thread_name_prefix="blob-io")
         saver = asyncio.create_task(self._save_periodically())
-        hasher = asyncio.create_task(self._hash_frontier(fd))
+        hasher = asyncio.create_task(self._hash_frontier(pool, fd))
         try:
             sem = asyncio.Semaphore(self.settings.parallel)
             async with asyncio.TaskGroup() as tg:
                 for part in self.parts:
                     if part.completed < part.size:
-                        tg.create_task(self._run_part(fd, part, sem))
-            await asyncio.to_thread(os.fsync, fd)
+                        tg.create_task(self._run_part(pool, fd, part, sem))
+            if self._syncing is not None:
+                await self._syncing
+            await self._io(pool, os.fsync, fd)  # most pages were written back while downloading
             self._written.set()
             await hasher  # hashing mostly kept pace with the download: little is left
         except BaseExceptionGroup as group:
@@ -101,7 +113,7 @@ class BlobDownload:
             hasher.cancel()
             with contextlib.suppress(BaseException):
                 await hasher
-            os.close(fd)
+            await asyncio.shield(asyncio.to_thread(_close_after, pool, fd))
             await asyncio.shield(self.index.put_parts(self.digest, self.parts))
         got = from_hex(self._hash.hexdigest())
         if got != self.digest:
@@ -111,6 +123,10 @@ class BlobDownload:
         await asyncio.to_thread(os.replace, self.partial, self.path)
         await asyncio.to_thread(_fsync_dir, self.path.parent)
         await self.index.clear_parts(self.digest)
+
+    @staticmethod
+    async def _io(pool: ThreadPoolExecutor, fn: Callable[..., _T], *args: Any) -> _T:
+        return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
 
     async def _prepare(self) -> list[PartState]:
         parts = await self.index.get_parts(self.digest)
@@ -128,8 +144,9 @@ class BlobDownload:
         await self.index.put_parts(self.digest, parts)
         return parts
 
-    async def _hash_frontier(self, fd: int) -> None:
+    async def _hash_frontier(self, pool: ThreadPoolExecutor, fd: int) -> None:
         """Hash the file's contiguous written prefix while the parts are still downloading."""
+        buf = bytearray(_HASH_BLOCK)  # reused: a fresh 4 MiB bytes per read costs page faults
         while self._hashed < self.total:
             await self._written.wait()
             self._written.clear()
@@ -140,28 +157,29 @@ class BlobDownload:
                     if p.completed < p.size:
                         break
             if end > self._hashed:
-                await asyncio.to_thread(self._hash_range, fd, self._hashed, end)
+                await self._io(pool, self._hash_range, fd, buf, self._hashed, end)
                 self._hashed = end
 
-    def _hash_range(self, fd: int, start: int, end: int) -> None:
+    def _hash_range(self, fd: int, buf: bytearray, start: int, end: int) -> None:
+        view = memoryview(buf)
         while start < end:
-            data = os.pread(fd, min(4 << 20, end - start), start)
-            if not data:
+            n = os.preadv(fd, [view[: min(len(buf), end - start)]], start)
+            if not n:
                 raise OSError(f"{self.partial} is shorter than expected")
-            self._hash.update(data)
-            start += len(data)
+            self._hash.update(view[:n])  # hashlib drops the GIL for large buffers
+            start += n
 
     async def _save_periodically(self) -> None:
         while True:
             await asyncio.sleep(self.settings.save_seconds)
             await self.index.put_parts(self.digest, self.parts)
 
-    async def _run_part(self, fd: int, part: PartState, sem: asyncio.Semaphore) -> None:
+    async def _run_part(self, pool: ThreadPoolExecutor, fd: int, part: PartState, sem: asyncio.Semaphore) -> None:
         async with sem:
             tries = 0
             while part.completed < part.size:
                 try:
-                    await self._fetch(fd, part)
+                    await self._fetch(pool, fd, part)
                 except _Stalled:
                     log.warning("part %d of %s stalled; retrying", part.part, self.digest)
                 except (CorralError, httpx.HTTPError, OSError) as exc:
@@ -173,43 +191,71 @@ class BlobDownload:
                     log.warning("part %d of %s failed (%s); retry %d", part.part, self.digest, exc, tries)
                     await asyncio.sleep(min(self.settings.backoff_seconds * 2 ** (tries - 1), 30.0))
 
-    async def _fetch(self, fd: int, part: PartState) -> None:
+    async def _fetch(self, pool: ThreadPoolExecutor, fd: int, part: PartState) -> None:
         start = part.offset + part.completed
         end = part.offset + part.size - 1
         headers = {"Range": f"bytes={start}-{end}"}
+        stall = self.settings.stall_seconds
+        loop = asyncio.get_running_loop()
         async with self.remote.open("GET", self.remote.blob_url(self.digest), headers=headers, timeout=None) as resp:
             await raise_for_status(resp)
             skip = start if resp.status_code == 200 else 0  # the server ignored Range
-            stream = resp.aiter_raw(1 << 20)
             pending: list[bytes] = []
             pending_size = 0
-            while part.completed + pending_size < part.size:
-                try:
-                    chunk = await asyncio.wait_for(anext(stream), self.settings.stall_seconds)
-                except StopAsyncIteration:
-                    break
-                except TimeoutError:
-                    raise _Stalled from None
-                self.fetched += len(chunk)
-                if skip:
-                    cut = min(skip, len(chunk))
-                    chunk, skip = chunk[cut:], skip - cut
-                chunk = chunk[: part.size - part.completed - pending_size]
-                pending.append(chunk)
-                pending_size += len(chunk)
-                if pending_size >= _WRITE_BATCH:
-                    await self._write(fd, part, pending)
-                    pending, pending_size = [], 0
+            left = part.size - part.completed
+            try:
+                # One deadline pushed forward per chunk: wait_for would start a task per chunk.
+                async with asyncio.timeout(stall) as deadline:
+                    # httpcore's own reads, not re-chunked: aiter_raw(n) copies every byte once more.
+                    async for chunk in resp.aiter_raw():
+                        self.fetched += len(chunk)
+                        if skip:
+                            cut = min(skip, len(chunk))
+                            chunk, skip = chunk[cut:], skip - cut
+                        if len(chunk) > left - pending_size:
+                            chunk = chunk[: left - pending_size]
+                        if chunk:
+                            pending.append(chunk)
+                            pending_size += len(chunk)
+                        if pending_size >= _WRITE_BATCH or pending_size == left:
+                            await self._write(pool, fd, part, pending, pending_size)
+                            left -= pending_size
+                            pending, pending_size = [], 0
+                            if not left:
+                                break
+                        deadline.reschedule(loop.time() + stall)
+            except TimeoutError:
+                raise _Stalled from None
             if pending:
-                await self._write(fd, part, pending)
+                await self._write(pool, fd, part, pending, pending_size)
         if part.completed < part.size:
             raise remote_error(f"connection closed after {part.completed} of {part.size} bytes")
 
-    async def _write(self, fd: int, part: PartState, chunks: list[bytes]) -> None:
-        data = b"".join(chunks)
-        await asyncio.to_thread(os.pwrite, fd, data, part.offset + part.completed)
-        part.completed += len(data)  # only after the bytes are in the file
+    async def _write(self, pool: ThreadPoolExecutor, fd: int, part: PartState, chunks: list[bytes], size: int) -> None:
+        await self._io(pool, _pwrite_all, fd, chunks, part.offset + part.completed)
+        part.completed += size  # only after the bytes are in the file
         self._written.set()
+        self._unsynced += size
+        if self._unsynced >= _SYNC_EVERY and (self._syncing is None or self._syncing.done()):
+            if self._syncing is not None:
+                self._syncing.result()  # a failed write-back fails the part
+            # Write back while the network is busy, so the final fsync finds little left.
+            self._unsynced = 0
+            self._syncing = asyncio.ensure_future(self._io(pool, os.fdatasync, fd))
+
+
+def _pwrite_all(fd: int, chunks: list[bytes], offset: int) -> None:
+    """One pwritev for the batch (no join, no copy); a short write finishes the rest."""
+    done = os.pwritev(fd, chunks, offset)
+    rest = b"".join(chunks)[done:] if done < sum(len(c) for c in chunks) else b""
+    while rest:
+        n = os.pwrite(fd, rest, offset + done)
+        done, rest = done + n, rest[n:]
+
+
+def _close_after(pool: ThreadPoolExecutor, fd: int) -> None:
+    pool.shutdown(wait=True, cancel_futures=True)
+    os.close(fd)
 
 
 class Downloads:
