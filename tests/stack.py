@@ -53,6 +53,7 @@ def start_stack(tmp: Path, **extra_env: str) -> Stack:
     runtime = tmp / "rt"
     models = tmp / "models"
     log_path = tmp / "stack.log"
+    tmp.mkdir(parents=True, exist_ok=True)
     env = dict(
         os.environ,
         CORRAL_HOST=f"127.0.0.1:{port}",
@@ -60,10 +61,10 @@ def start_stack(tmp: Path, **extra_env: str) -> Stack:
         CORRAL_RUNTIME_DIR=str(runtime),
         CORRAL_HEARTBEAT_INTERVAL="1s",
         CORRAL_RUNNER_TIMEOUT="5s",
-        **extra_env,
     )
     env.pop("OLLAMA_HOST", None)
     env.pop("OLLAMA_MODELS", None)
+    env.update(extra_env)  # may override the defaults above (e.g. CORRAL_MODELS)
     with log_path.open("wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "corral", "serve"], env=env, stdout=log, stderr=log)
     stack = Stack(f"http://127.0.0.1:{port}", proc, runtime, models, log_path)
