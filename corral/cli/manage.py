@@ -109,6 +109,33 @@ def _sha256(path: Path) -> str:
         return "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()
 
 
+# What a safetensors model directory holds that the converter reads.
+_MODEL_FILES = ("*.safetensors", "*.json", "tokenizer.model", "*.jinja", "1_Pooling/config.json")
+
+
+def _upload(client: Client, source: Path) -> dict[str, str]:
+    """Upload a GGUF file, or a safetensors model directory, as blobs; returns name -> digest."""
+    if source.is_file():
+        paths = {source.name: source}
+    else:
+        root = source.resolve()
+        paths = {}
+        for pattern in _MODEL_FILES:
+            for p in sorted(root.glob(pattern)):
+                if not p.resolve().is_relative_to(root):
+                    raise CLIError(f"insecure path: {p}")  # a symlink out of the model directory
+                paths[p.relative_to(root).as_posix()] = p
+        if not paths:
+            raise CLIError(f"no model files found in {source}")
+    files = {}
+    for name, path in paths.items():
+        print(f"copying file {name}", flush=True)
+        digest = _sha256(path)
+        client.upload_blob(digest, str(path))
+        files[name] = digest
+    return files
+
+
 def _local_file(value: str, base: Path) -> Path | None:
     p = Path(os.path.expanduser(value))
     p = p if p.is_absolute() else base / p
@@ -132,13 +159,8 @@ def cmd_create(client: Client, args: argparse.Namespace) -> int:
     source = _local_file(spec.from_, base)
     if source is None:
         body["from"] = spec.from_
-    elif source.is_dir():
-        raise CLIError("creating a model from a directory is not supported yet")
     else:
-        print(f"copying file {source.name}", flush=True)
-        digest = _sha256(source)
-        client.upload_blob(digest, str(source))
-        body["files"] = {source.name: digest}
+        body["files"] = _upload(client, source)
     adapters = {}
     for a in spec.adapters:
         apath = _local_file(a, base)

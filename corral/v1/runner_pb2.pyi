@@ -60,7 +60,7 @@ class UnloadModelResponse(_message.Message):
     def __init__(self, unloaded: _Optional[bool] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("instance_id", "prompt", "prompt_tokens", "sampling", "grammar", "logprobs", "top_logprobs", "add_bos", "request_id")
+    __slots__ = ("instance_id", "prompt", "prompt_tokens", "sampling", "grammar", "logprobs", "top_logprobs", "add_bos", "request_id", "json_schema", "truncate")
     INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -70,6 +70,8 @@ class GenerateRequest(_message.Message):
     TOP_LOGPROBS_FIELD_NUMBER: _ClassVar[int]
     ADD_BOS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    JSON_SCHEMA_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATE_FIELD_NUMBER: _ClassVar[int]
     instance_id: str
     prompt: str
     prompt_tokens: _containers.RepeatedScalarFieldContainer[int]
@@ -79,7 +81,9 @@ class GenerateRequest(_message.Message):
     top_logprobs: int
     add_bos: bool
     request_id: str
-    def __init__(self, instance_id: _Optional[str] = ..., prompt: _Optional[str] = ..., prompt_tokens: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingOptions, _Mapping]] = ..., grammar: _Optional[str] = ..., logprobs: _Optional[bool] = ..., top_logprobs: _Optional[int] = ..., add_bos: _Optional[bool] = ..., request_id: _Optional[str] = ...) -> None: ...
+    json_schema: str
+    truncate: bool
+    def __init__(self, instance_id: _Optional[str] = ..., prompt: _Optional[str] = ..., prompt_tokens: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingOptions, _Mapping]] = ..., grammar: _Optional[str] = ..., logprobs: _Optional[bool] = ..., top_logprobs: _Optional[int] = ..., add_bos: _Optional[bool] = ..., request_id: _Optional[str] = ..., json_schema: _Optional[str] = ..., truncate: _Optional[bool] = ...) -> None: ...
 
 class TokenLogprob(_message.Message):
     __slots__ = ("token", "logprob", "bytes")

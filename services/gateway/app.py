@@ -7,13 +7,17 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import PlainTextResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from services.gateway.anthropic import messages as anthropic_messages
 from services.gateway.backends import Backends
-from services.gateway.errors import HTTPError
-from services.gateway.http import error_response
-from services.gateway.native import generate, manage, meta, models, running
+from services.gateway.errors import HTTPError, surface_body
+from services.gateway.native import chat, embed, generate, manage, meta, models, running
+from services.gateway.openai import chat as openai_chat
+from services.gateway.openai import completions as openai_completions
+from services.gateway.openai import embeddings as openai_embeddings
+from services.gateway.openai import models as openai_models
 
 
 def create_app(backends: Backends) -> FastAPI:
@@ -24,24 +28,33 @@ def create_app(backends: Backends) -> FastAPI:
 
     app = FastAPI(title="Corral", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.backends = backends
-    for module in (meta, generate, models, manage, running):
+    for module in (meta, generate, models, manage, running, chat, embed):
         app.include_router(module.router)
+    for module in (openai_chat, openai_completions, openai_embeddings, openai_models, anthropic_messages):
+        app.include_router(module.router)
+
+    def error_response(request: Request, err: HTTPError) -> Response:
+        # /v1 surfaces answer in OpenAI's or Anthropic's error shape
+        return JSONResponse(surface_body(request.url.path, err), status_code=err.status)
 
     @app.exception_handler(HTTPError)
     async def on_http_error(request: Request, exc: HTTPError) -> Response:
-        return error_response(exc)
+        return error_response(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def on_validation(request: Request, exc: RequestValidationError) -> Response:
-        return error_response(HTTPError(400, str(exc.errors()[0].get("msg", "invalid request")), "invalid_request"))
+        msg = str(exc.errors()[0].get("msg", "invalid request"))
+        return error_response(request, HTTPError(400, msg, "invalid_request"))
 
     @app.exception_handler(StarletteHTTPException)
     async def on_starlette(request: Request, exc: StarletteHTTPException) -> Response:
         # Go's router answers unknown paths and methods in plain text.
+        if exc.status_code == 404 and request.url.path.startswith("/v1/"):
+            return error_response(request, HTTPError(404, f"unknown endpoint {request.url.path}", "not_found"))
         if exc.status_code == 404:
             return PlainTextResponse("404 page not found", status_code=404)
         if exc.status_code == 405:
             return PlainTextResponse("405 method not allowed", status_code=405)
-        return error_response(HTTPError(exc.status_code, str(exc.detail)))
+        return error_response(request, HTTPError(exc.status_code, str(exc.detail)))
 
     return app

@@ -77,3 +77,42 @@ def from_corral(err: CorralError, model: str = "") -> HTTPError:
 
 def from_rpc(err: grpc.RpcError, model: str = "") -> HTTPError:
     return from_corral(from_rpc_error(err), model)
+
+
+_OPENAI_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+}
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+}
+
+
+def openai_body(err: HTTPError) -> dict[str, object]:
+    """OpenAI's envelope; `code` carries Corral's machine-readable code."""
+    kind = _OPENAI_TYPES.get(err.status, "invalid_request_error" if 400 <= err.status < 500 else "api_error")
+    return {"error": {"message": err.message, "type": kind, "param": None, "code": err.code or None}}
+
+
+def anthropic_body(err: HTTPError, request_id: str = "") -> dict[str, object]:
+    kind = _ANTHROPIC_TYPES.get(err.status, "invalid_request_error" if 400 <= err.status < 500 else "api_error")
+    body: dict[str, object] = {"type": "error", "error": {"type": kind, "message": err.message}}
+    if request_id:
+        body["request_id"] = request_id
+    return body
+
+
+def surface_body(path: str, err: HTTPError) -> dict[str, object]:
+    """The error shape of the API surface `path` belongs to."""
+    if path.startswith("/v1/messages"):
+        return anthropic_body(err)
+    if path.startswith("/v1/"):
+        return openai_body(err)
+    return dict(err.body())

@@ -32,6 +32,20 @@ def rfc3339(ts: datetime) -> str:
     return ts.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
+async def parse_json(request: Request) -> dict[str, Any]:
+    """Decode a JSON object body with Ollama's 400 messages."""
+    raw = await request.body()
+    if not raw.strip():
+        raise bad_request("missing request body", "missing_body")
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise bad_request(f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}", "invalid_json") from exc
+    if not isinstance(data, dict):
+        raise bad_request(f"json: cannot unmarshal {type(data).__name__} into request object", "invalid_json")
+    return data
+
+
 async def parse_body(request: Request, model: type[M]) -> M:
     """Decode a JSON body into `model` with Ollama's 400 messages."""
     raw = await request.body()
@@ -59,8 +73,8 @@ def json_response(obj: Any, status: int = 200) -> Response:
     return Response(dumps(obj), status_code=status, media_type="application/json; charset=utf-8")
 
 
-def error_response(err: HTTPError) -> JSONResponse:
-    return JSONResponse(err.body(), status_code=err.status)
+def error_response(err: HTTPError, body: Callable[[HTTPError], dict[str, Any]] | None = None) -> JSONResponse:
+    return JSONResponse(body(err) if body else err.body(), status_code=err.status)
 
 
 async def ndjson_stream(chunks: AsyncGenerator[dict[str, Any], None]) -> Response:
@@ -97,6 +111,7 @@ async def collect(
     request: Request,
     chunks: AsyncGenerator[dict[str, Any], None],
     merge: Callable[[list[dict[str, Any]]], dict[str, Any]],
+    error_body: Callable[[HTTPError], dict[str, Any]] | None = None,
 ) -> Response:
     """Non-streaming reply: run the stream to the end and merge its chunks into one object.
 
@@ -109,9 +124,11 @@ async def collect(
             async for chunk in chunks:
                 items.append(chunk)
         except HTTPError as err:
-            return error_response(err)
+            return error_response(err, error_body)
         finally:
             await chunks.aclose()
+        if not items:
+            return error_response(HTTPError(500, "no response from the model", "empty_response"), error_body)
         return json_response(merge(items))
 
     work = asyncio.ensure_future(run())
@@ -125,5 +142,5 @@ async def collect(
             with contextlib.suppress(asyncio.CancelledError):
                 await work  # let it cancel the runner call and release the lease
     if work.cancelled():
-        return error_response(HTTPError(499, "request canceled", "canceled"))
+        return error_response(HTTPError(499, "request canceled", "canceled"), error_body)
     return work.result()

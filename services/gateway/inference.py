@@ -138,6 +138,8 @@ async def generate(
             if failed and not started and attempt == 1:
                 log.warning("runner failed before the first token; retrying", extra={"fields": {"id": request_id}})
                 continue
+            if failed:  # a dead or restarting runner: Ollama's "runner has unexpectedly stopped"
+                err = CorralError(common_pb2.ERROR_REASON_RUNNER_FAILED, err.message, err.code)
             raise errors.from_corral(err, model.name) from rpc_err
         finally:
             call.cancel()
@@ -167,6 +169,8 @@ async def embed(
             failed = _runner_failed(err)
             if failed and attempt == 1:
                 continue
+            if failed:  # a dead or restarting runner: Ollama's "runner has unexpectedly stopped"
+                err = CorralError(common_pb2.ERROR_REASON_RUNNER_FAILED, err.message, err.code)
             raise errors.from_corral(err, model.name) from rpc_err
         finally:
             await release(backends, lease, runner_failed=failed)

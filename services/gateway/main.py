@@ -7,18 +7,20 @@ import logging
 
 import uvicorn
 
-from corral.config import Settings
+from corral.config import Settings, raw
 from corral.grpc_server import GrpcService
 from services.gateway.app import create_app
 from services.gateway.backends import Backends
+from services.gateway.security import Security
 
 log = logging.getLogger(__name__)
 
 
 async def serve(settings: Settings) -> None:
     app = create_app(Backends(settings.registry_addr, settings.scheduler_addr))
+    guarded = Security(app, origins=raw("CORRAL_ORIGINS"), api_key=raw("CORRAL_API_KEY"), bound_host=settings.host)
     config = uvicorn.Config(
-        app, host=settings.host, port=settings.port, log_config=None, access_log=False, timeout_graceful_shutdown=5
+        guarded, host=settings.host, port=settings.port, log_config=None, access_log=False, timeout_graceful_shutdown=5
     )
     server = uvicorn.Server(config)
     # The gateway speaks REST to clients; it also answers grpc.health.v1 like every service.

@@ -6,9 +6,9 @@ admitted ones, calls llama_decode once, and samples every output row. Requests
 join and leave between steps.
 
 Prompt length: a prompt of num_ctx tokens or more is refused with
-PROMPT_TOO_LONG (Ollama's runner message) rather than truncated. The gateway
-already drops old chat messages to fit, and cutting the middle of a rendered
-template here would silently lose its structure.
+PROMPT_TOO_LONG (Ollama's runner message) unless the request sets `truncate`;
+then, as Ollama's runner, the first num_keep tokens stay and the oldest middle
+goes (context.py). The gateway already drops old chat messages to fit.
 """
 
 from __future__ import annotations
@@ -19,29 +19,32 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-import llama_cpp as lc
-
 from corral.errors import CorralError
 from corral.v1 import common_pb2
+from services.runner import context
+from services.runner.context import PROMPT_TOO_LONG
+from services.runner.grammar import Candidates, TokenSampler, exact_subset_k, init_grammar, schema_to_gbnf
 from services.runner.jobs import GenEvent, GenStats, Job
+from services.runner.logprobs import PositionLogprobs, position_logprobs
 from services.runner.native import NativeModel
 from services.runner.sampling import build_chain
 from services.runner.textstream import TextStream
 
 log = logging.getLogger(__name__)
 
-PROMPT_TOO_LONG = (
-    "the prompt is longer than the context length currently available to the model; shorten the prompt, "
-    "adjust the context length in settings, or use a model with a longer context length"
-)
 MAX_REPEATS = 30  # Ollama aborts after more than 30 identical consecutive tokens
 PREDICT_FACTOR = 10  # unset num_predict is bounded to 10 x num_ctx
+# While sequences generate, a step's prompt chunk is sized so the step takes about this
+# long (from the measured cost per batch token), so admitting a long prompt never
+# stretches the running streams' inter-token gap much beyond it.
+TARGET_STEP_S = 0.2
+MIN_CHUNK = 16
 
 
 @dataclass
 class Seq:
     job: Job
-    chain: lc.llama_sampler_p
+    sampler: TokenSampler
     order: int
     prompt_done: int  # prompt tokens already in the KV cache
     n_past: int  # positions in the KV cache
@@ -50,12 +53,12 @@ class Seq:
     text: TextStream
     t_start: int
     pending: int | None = None  # sampled, not yet decoded
-    row: int = -1  # output row in the current batch
     generated: int = 0
     out_ids: list[int] = field(default_factory=list)
     last_tok: int = -1
     repeats: int = 0
     t_first: int = 0
+    out_logprobs: list[PositionLogprobs] = field(default_factory=list)
 
 
 @dataclass
@@ -80,6 +83,9 @@ class Batcher:
         self.slots = [Slot(i) for i in range(nm.num_parallel)]
         self.waiting: deque[Job] = deque()
         self._order = itertools.count()
+        self._cands: Candidates | None = None  # shared by constrained sequences; built on first use
+        self.grammar_rejections = 0
+        self._tok_cost = 0.0  # EMA of decode seconds per batch token; 0 = not measured yet
 
     @property
     def active(self) -> int:
@@ -110,7 +116,11 @@ class Batcher:
         if not toks:
             raise CorralError(common_pb2.ERROR_REASON_INVALID_ARGUMENT, "the prompt is empty")
         if len(toks) >= nm.num_ctx:
-            raise CorralError(common_pb2.ERROR_REASON_PROMPT_TOO_LONG, PROMPT_TOO_LONG)
+            if not job.truncate:
+                raise CorralError(common_pb2.ERROR_REASON_PROMPT_TOO_LONG, PROMPT_TOO_LONG)
+            toks = context.truncate_prompt(toks, nm.num_ctx, context.keep_count(nm, toks, job.params.num_keep))
+        if job.json_schema:
+            job.grammar = schema_to_gbnf(job.json_schema)
         return toks
 
     def reap_cancelled(self) -> None:
@@ -141,15 +151,21 @@ class Batcher:
         if keep == 0:
             nm.seq_rm(slot.id)
         slot.cached = slot.cached[:keep]
+        grammar = None
         try:
-            chain = build_chain(job.params, nm.vocab, nm.num_ctx, job.grammar)
+            if job.grammar:
+                grammar = init_grammar(nm.vocab, job.grammar)
         except CorralError as err:
             job.emit(err)
             return
+        if grammar is not None and self._cands is None:
+            self._cands = Candidates(nm.n_vocab)
+        chain = build_chain(job.params, nm.vocab, nm.num_ctx)
+        sampler = TokenSampler(chain, grammar, self._cands, exact_subset_k(job.params))
         p = job.params
         slot.seq = Seq(
             job=job,
-            chain=chain,
+            sampler=sampler,
             order=next(self._order),
             prompt_done=keep,
             n_past=keep,
@@ -162,7 +178,7 @@ class Batcher:
     def step(self) -> None:
         nm = self.nm
         busy = [s for s in self.slots if s.seq is not None]
-        in_batch: list[Slot] = []
+        rows: list[tuple[Slot, int, int]] = []  # slot, end row (exclusive), output row (-1: none)
         n = 0
         for slot in busy:
             seq = slot.seq
@@ -170,10 +186,9 @@ class Batcher:
             if seq.pending is not None:
                 nm.batch_add(n, seq.pending, seq.n_past, slot.id, True)
                 slot.cached.append(seq.pending)
-                seq.row, seq.pending, seq.n_past, n = n, None, seq.n_past + 1, n + 1
-                in_batch.append(slot)
-        # Cap prompt tokens while others generate, so a long prompt only slows them.
-        budget = nm.n_batch - n if n == 0 else min(nm.n_batch - n, max(32, nm.n_batch // 4))
+                rows.append((slot, n + 1, n))
+                seq.pending, seq.n_past, n = None, seq.n_past + 1, n + 1
+        budget = nm.n_batch - n if n == 0 else self._prompt_budget(n)
         prefill = sorted(
             (s for s in busy if s.seq is not None and s.seq.prompt_done < len(s.seq.job.tokens)),
             key=lambda s: s.seq.order if s.seq else 0,
@@ -185,49 +200,74 @@ class Batcher:
             take = min(budget, len(toks) - seq.prompt_done)
             if take <= 0:
                 break
+            out = -1
             for i in range(seq.prompt_done, seq.prompt_done + take):
                 last = i == len(toks) - 1
                 nm.batch_add(n, toks[i], i, slot.id, last)
-                if last:
-                    seq.row = n
+                out = n if last else out
                 n += 1
             slot.cached.extend(toks[seq.prompt_done : seq.prompt_done + take])
             seq.prompt_done += take
             seq.n_past += take
             budget -= take
-            in_batch.append(slot)
-        if n == 0:
-            return
-        rc = nm.decode(n)
-        if rc != 0:
-            # Seam: on 1 (no KV slot) llama-server retries with half the batch.
-            self._decode_failed(in_batch, rc)
-            return
-        for slot in in_batch:
-            if slot.seq is not None and slot.seq.row >= 0:
-                self._sample(slot)
+            rows.append((slot, n, out))
+        if n:
+            self._decode(rows, n)
 
-    def _decode_failed(self, in_batch: list[Slot], rc: int) -> None:
-        """Fails the sequences in the batch; their KV may be partial, so it goes."""
+    def _prompt_budget(self, n_gen: int) -> int:
+        """Prompt tokens to add next to n_gen generating rows (chunked prefill)."""
+        room = self.nm.n_batch - n_gen
+        if self._tok_cost <= 0:
+            return min(room, max(32, self.nm.n_batch // 4))
+        return min(room, max(MIN_CHUNK, int(TARGET_STEP_S / self._tok_cost) - n_gen))
+
+    def _decode(self, rows: list[tuple[Slot, int, int]], n: int) -> None:
+        """Decodes the batch, halving the view on "no KV slot" (rc 1) as llama-server does."""
+        t0 = time.perf_counter()
+        self._decode_views(rows, n)
+        if n >= MIN_CHUNK:  # seconds per batch token, fixed costs included (errs towards smaller chunks)
+            cost = (time.perf_counter() - t0) / n
+            self._tok_cost = cost if self._tok_cost <= 0 else 0.7 * self._tok_cost + 0.3 * cost
+
+    def _decode_views(self, rows: list[tuple[Slot, int, int]], n: int) -> None:
+        start, view = 0, n
+        while start < n:
+            m = min(view, n - start)
+            rc = self.nm.decode(m, start)
+            if rc == 1 and m > 1:
+                view = max(1, m // 2)
+                log.warning("llama_decode found no KV slot for %d tokens; retrying with %d", m, view)
+                continue
+            if rc != 0:
+                self._decode_failed([s for s, end, _out in rows if end > start], rc)
+                return
+            for slot, _end, out in rows:
+                if start <= out < start + m and slot.seq is not None:
+                    self._sample(slot, out - start)
+            start += m
+
+    def _decode_failed(self, failed: list[Slot], rc: int) -> None:
+        """Fails the sequences not yet decoded; their KV may be partial, so it goes."""
         log.error("llama_decode failed with %d", rc)
         err = CorralError(common_pb2.ERROR_REASON_RUNNER_FAILED, f"llama_decode failed ({rc})")
-        for slot in in_batch:
+        for slot in failed:
             if slot.seq is not None:
                 slot.seq.job.emit(err)
                 self._release(slot, clear_kv=True)
 
-    def _sample(self, slot: Slot) -> None:
+    def _sample(self, slot: Slot, row: int) -> None:
         nm, seq = self.nm, slot.seq
         assert seq is not None
-        row, seq.row = seq.row, -1
         if seq.generated >= seq.limit:  # num_predict 0: evaluate the prompt only
             seq.t_first = seq.t_first or time.perf_counter_ns()
             self._finish(slot, common_pb2.DONE_REASON_LENGTH)
             return
-        tok = int(lc.llama_sampler_sample(seq.chain, nm.ctx, row))
+        tok = seq.sampler.sample(nm.ctx, row)
         seq.t_first = seq.t_first or time.perf_counter_ns()
         seq.generated += 1
         seq.out_ids.append(tok)
+        if seq.job.logprobs:
+            seq.out_logprobs.append(position_logprobs(nm, row, tok, seq.job.top_logprobs))
         if nm.is_eog(tok):
             self._finish(slot, common_pb2.DONE_REASON_STOP)
             return
@@ -236,8 +276,8 @@ class Batcher:
             self._finish(slot, common_pb2.DONE_REASON_STOP, text)
             return
         if text:
-            seq.job.emit(GenEvent(text, seq.out_ids))
-            seq.out_ids = []
+            seq.job.emit(GenEvent(text, seq.out_ids, logprobs=seq.out_logprobs))
+            seq.out_ids, seq.out_logprobs = [], []
         seq.repeats = seq.repeats + 1 if tok == seq.last_tok else 0
         seq.last_tok = tok
         full = seq.n_past >= nm.num_ctx and not self._shift_context(slot)
@@ -249,11 +289,15 @@ class Batcher:
             seq.pending = tok
 
     def _shift_context(self, slot: Slot) -> bool:
-        """Seam for context shift (keep num_keep, drop half the rest, llama_memory_seq_add).
-
-        Not implemented yet: a full context ends the generation with LENGTH.
-        """
-        return False
+        """Drops half of the tokens after num_keep so generation can go on (llama-server's
+        context shift). False when the model cannot shift (sliding window, M-RoPE)."""
+        seq = slot.seq
+        assert seq is not None
+        if not self.nm.can_shift:
+            return False
+        keep = context.keep_count(self.nm, slot.cached, seq.job.params.num_keep)
+        seq.n_past = context.shift(self.nm, slot.id, slot.cached, seq.n_past, keep)
+        return seq.n_past < self.nm.num_ctx
 
     def _finish(self, slot: Slot, reason: int, text: str = "") -> None:
         seq = slot.seq
@@ -267,14 +311,15 @@ class Batcher:
             eval_duration_ns=max(0, now - seq.t_first) if seq.generated else 0,
             prompt_cached_count=seq.cached,
         )
-        seq.job.emit(GenEvent(text, seq.out_ids, True, reason, stats))
+        seq.job.emit(GenEvent(text, seq.out_ids, True, reason, stats, seq.out_logprobs))
         self._release(slot, clear_kv=False)
 
     def _release(self, slot: Slot, clear_kv: bool) -> None:
         """Frees the sequence; its KV stays for prefix reuse unless clear_kv."""
         seq = slot.seq
         if seq is not None:
-            lc.llama_sampler_free(seq.chain)
+            self.grammar_rejections += seq.sampler.rejections
+            seq.sampler.free()
             slot.seq = None
         if clear_kv:
             self.nm.seq_rm(slot.id)

@@ -107,6 +107,10 @@ class Runner:
         grammar: str = "",
         add_bos: bool = False,
         request_id: str = "",
+        json_schema: str = "",
+        logprobs: bool = False,
+        top_logprobs: int = 0,
+        truncate: bool = False,
     ) -> GenerationStream:
         return self._get(instance_id).generate(
             prompt=prompt,
@@ -115,6 +119,10 @@ class Runner:
             grammar=grammar,
             add_bos=add_bos,
             request_id=request_id,
+            json_schema=json_schema,
+            logprobs=logprobs,
+            top_logprobs=top_logprobs,
+            truncate=truncate,
         )
 
     async def embed(

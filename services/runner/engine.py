@@ -131,6 +131,10 @@ class Instance:
         grammar: str = "",
         add_bos: bool = False,
         request_id: str = "",
+        json_schema: str = "",
+        logprobs: bool = False,
+        top_logprobs: int = 0,
+        truncate: bool = False,
     ) -> GenerationStream:
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[GenEvent | CorralError] = asyncio.Queue()
@@ -147,6 +151,10 @@ class Instance:
             grammar=grammar,
             emit=emit,
             request_id=request_id,
+            json_schema=json_schema,
+            logprobs=logprobs or top_logprobs > 0,
+            top_logprobs=max(0, min(top_logprobs, 20)),
+            truncate=truncate,
         )
         self._put(job)
         return GenerationStream(self, job, events)

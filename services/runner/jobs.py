@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from corral.errors import CorralError
+from services.runner.logprobs import PositionLogprobs
 from services.runner.sampling import SamplingParams
 
 
@@ -27,6 +28,7 @@ class GenEvent:
     done: bool = False
     done_reason: int = 0  # common_pb2.DoneReason
     stats: GenStats | None = None
+    logprobs: list[PositionLogprobs] = field(default_factory=list)  # one per token id, when asked
 
 
 Emit = Callable[[GenEvent | CorralError], None]
@@ -40,8 +42,12 @@ class Job:
     prompt_tokens: list[int]
     add_bos: bool
     params: SamplingParams
-    grammar: str
+    grammar: str  # GBNF; empty = none
     emit: Emit
     request_id: str = ""
+    json_schema: str = ""  # converted to GBNF on the owner thread; wins over grammar
+    logprobs: bool = False
+    top_logprobs: int = 0
+    truncate: bool = False  # cut a too-long prompt (keeping num_keep) instead of refusing it
     cancelled: bool = False
     tokens: list[int] = field(default_factory=list)  # resolved on the owner thread

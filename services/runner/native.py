@@ -12,6 +12,7 @@ import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 import llama_cpp as lc
 
@@ -24,6 +25,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_NUM_CTX = 4096  # Ollama's tier for < 23 GiB when the scheduler sends 0
 DEFAULT_NUM_BATCH = 512
+EMBED_MAX_SEQS = 16  # inputs per embedding batch
 KV_TYPES = {"": lc.GGML_TYPE_F16, "f16": lc.GGML_TYPE_F16, "q8_0": lc.GGML_TYPE_Q8_0, "q4_0": lc.GGML_TYPE_Q4_0}
 _KV_BYTES = {lc.GGML_TYPE_F16: 2.0, lc.GGML_TYPE_Q8_0: 34 / 32, lc.GGML_TYPE_Q4_0: 18 / 32}
 
@@ -38,6 +40,16 @@ def _backend_init() -> None:
             llamalog.install()
             lc.llama_backend_init()
             _backend_ready = True
+
+
+class Freeable(Protocol):
+    def free(self) -> None: ...
+
+
+def _offset(ptr: Any, start: int) -> Any:
+    """`ptr + start` for a ctypes pointer, same type."""
+    addr = ctypes.cast(ptr, ctypes.c_void_p).value or 0
+    return ctypes.cast(addr + start * ctypes.sizeof(ptr._type_), type(ptr))
 
 
 def _load_failed(msg: str) -> CorralError:
@@ -79,6 +91,7 @@ class NativeModel:
         self.model: int | None = None
         self.ctx: int | None = None
         self.batch: lc.llama_batch | None = None
+        self.embedder: Freeable | None = None  # embed.Embedder, created on first use
         _backend_init()
         path = Path(spec.model_path)
         if not path.is_file():
@@ -120,6 +133,13 @@ class NativeModel:
         self.num_parallel = max(1, spec.num_parallel)
         nb = spec.num_batch if spec.num_batch > 0 else DEFAULT_NUM_BATCH
         self.n_batch = max(nb, self.num_parallel)  # every generating sequence needs a row
+        n_seq = self.num_parallel
+        if self.is_embedding:
+            # Inputs go to separate sequences of one batch, each whole in one ubatch
+            # (Ollama: num_batch 2048 for embedding models, capped at num_ctx).
+            self.n_batch = min(self.num_ctx, spec.num_batch if spec.num_batch > 0 else 2048)
+            n_seq = max(n_seq, EMBED_MAX_SEQS)
+        self.n_seq_max = n_seq
 
         kv_type = KV_TYPES.get(spec.kv_cache_type.lower())
         if kv_type is None:
@@ -127,51 +147,61 @@ class NativeModel:
         if kv_type != lc.GGML_TYPE_F16 and spec.flash_attention is False:
             log.warning("quantized KV cache needs flash attention; using f16")
             kv_type = lc.GGML_TYPE_F16
-        threads = spec.num_thread if spec.num_thread > 0 else physical_cores()
+        self.kv_type = kv_type
+        self.threads = spec.num_thread if spec.num_thread > 0 else physical_cores()
+        cp = self.context_params(self.num_ctx * self.num_parallel, n_seq, self.n_batch, self.is_embedding)
+        if not self.is_embedding:
+            # At most one output row per sequence per batch; the default (n_batch)
+            # reserves n_batch x n_vocab floats of logits (512 MiB for Gemma 3).
+            cp.n_outputs_max = self.num_parallel
+        self.ctx = lc.llama_init_from_model(self.model, cp)
+        if not self.ctx:
+            raise _load_failed("llama.cpp could not create the context")
+        self._init_adapters()
+        self.apply_adapters(self.ctx)
+        self.mem = lc.llama_get_memory(self.ctx)
+        self.n_swa = lc.llama_model_n_swa(self.model)  # 0 = no sliding window
+        self.batch = lc.llama_batch_init(self.n_batch, 0, 1)
+
+    def context_params(self, n_ctx: int, n_seq: int, n_batch: int, embeddings: bool) -> lc.llama_context_params:
+        """The pinned settings (threads, KV type, flash attention, SWA) for any context of this model."""
         cp = lc.llama_context_default_params()
-        cp.n_ctx = self.num_ctx * self.num_parallel
-        cp.n_seq_max = self.num_parallel
+        cp.n_ctx = n_ctx
+        cp.n_seq_max = n_seq
         cp.kv_unified = True
-        cp.n_batch = self.n_batch
-        cp.n_ubatch = self.n_batch
-        cp.n_threads = threads
-        cp.n_threads_batch = threads
-        cp.type_k = kv_type
-        cp.type_v = kv_type
+        cp.n_batch = n_batch
+        cp.n_ubatch = n_batch
+        cp.n_threads = self.threads
+        cp.n_threads_batch = self.threads
+        cp.type_k = self.kv_type
+        cp.type_v = self.kv_type
         cp.swa_full = False  # like llama-server: SWA layers keep only the window
         cp.no_perf = True
         cp.flash_attn_type = {
             None: lc.LLAMA_FLASH_ATTN_TYPE_AUTO,
             True: lc.LLAMA_FLASH_ATTN_TYPE_ENABLED,
             False: lc.LLAMA_FLASH_ATTN_TYPE_DISABLED,
-        }[spec.flash_attention]
-        cp.embeddings = self.is_embedding
-        if not self.is_embedding:
-            # At most one output row per sequence per batch; the default (n_batch)
-            # reserves n_batch x n_vocab floats of logits (512 MiB for Gemma 3).
-            cp.n_outputs_max = self.num_parallel
-        self.kv_type = kv_type
-        self.ctx = lc.llama_init_from_model(self.model, cp)
-        if not self.ctx:
-            raise _load_failed("llama.cpp could not create the context")
-        self._set_adapters()
-        self.mem = lc.llama_get_memory(self.ctx)
-        self.n_swa = lc.llama_model_n_swa(self.model)  # 0 = no sliding window
-        self.batch = lc.llama_batch_init(self.n_batch, 0, 1)
+        }[self.spec.flash_attention]
+        cp.embeddings = embeddings
+        return cp
 
-    def _set_adapters(self) -> None:
-        if not self.spec.adapters:
-            return
-        handles = []
+    def _init_adapters(self) -> None:
+        """LoRA adapters belong to the instance: a different set is a different instance,
+        so sequences with different adapters never share a batch."""
+        self._adapters: list[Any] = []
         for a_path, _scale in self.spec.adapters:
             h = lc.llama_adapter_lora_init(self.model, a_path.encode())
             if not h:
                 raise _load_failed(f"llama.cpp could not load the adapter {a_path}")
-            handles.append(h)  # freed with the model
-        n = len(handles)
-        arr = (lc.llama_adapter_lora_p_ctypes * n)(*handles)
+            self._adapters.append(h)  # freed with the model
+
+    def apply_adapters(self, ctx: Any) -> None:
+        n = len(self._adapters)
+        if not n:
+            return
+        arr = (lc.llama_adapter_lora_p_ctypes * n)(*self._adapters)
         scales = (ctypes.c_float * n)(*[s or 1.0 for _p, s in self.spec.adapters])
-        if lc.llama_set_adapters_lora(self.ctx, arr, n, scales) != 0:
+        if lc.llama_set_adapters_lora(ctx, arr, n, scales) != 0:
             raise _load_failed("llama.cpp could not apply the adapters")
 
     def meta(self, key: str) -> str | None:
@@ -250,18 +280,42 @@ class NativeModel:
         b.seq_id[row][0] = seq_id
         b.logits[row] = 1 if output else 0
 
-    def decode(self, n_tokens: int) -> int:
-        assert self.batch is not None
-        self.batch.n_tokens = n_tokens
-        return int(lc.llama_decode(self.ctx, self.batch))
+    def decode(self, n_tokens: int, start: int = 0) -> int:
+        """Decodes rows [start, start + n_tokens) of the batch (a view, as llama-server retries)."""
+        b = self.batch
+        assert b is not None
+        if start == 0:
+            b.n_tokens = n_tokens
+            return int(lc.llama_decode(self.ctx, b))
+        view = lc.llama_batch(
+            n_tokens,
+            _offset(b.token, start),
+            None,
+            _offset(b.pos, start),
+            _offset(b.n_seq_id, start),
+            _offset(b.seq_id, start),
+            _offset(b.logits, start),
+        )
+        return int(lc.llama_decode(self.ctx, view))
 
-    def seq_rm(self, seq_id: int, p0: int = -1) -> bool:
-        return bool(lc.llama_memory_seq_rm(self.mem, seq_id, p0, -1))
+    def seq_rm(self, seq_id: int, p0: int = -1, p1: int = -1) -> bool:
+        return bool(lc.llama_memory_seq_rm(self.mem, seq_id, p0, p1))
+
+    def seq_add(self, seq_id: int, p0: int, p1: int, delta: int) -> None:
+        lc.llama_memory_seq_add(self.mem, seq_id, p0, p1, delta)
+
+    @property
+    def can_shift(self) -> bool:
+        """Positions can be shifted (RoPE K-shift) and no sliding window would lose them."""
+        return self.n_swa == 0 and bool(self.mem) and bool(lc.llama_memory_can_shift(self.mem))
 
     def seq_pos_min(self, seq_id: int) -> int:
         return int(lc.llama_memory_seq_pos_min(self.mem, seq_id))
 
     def free(self) -> None:
+        if self.embedder is not None:
+            self.embedder.free()
+            self.embedder = None
         if self.batch is not None:
             lc.llama_batch_free(self.batch)
             self.batch = None

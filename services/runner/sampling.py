@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 
 import llama_cpp as lc
 
-from corral.errors import CorralError
 from corral.v1 import common_pb2
 
 
@@ -53,13 +52,12 @@ class SamplingParams:
         )
 
 
-def build_chain(
-    params: SamplingParams, vocab: lc.llama_vocab_p, n_ctx_seq: int, grammar: str = ""
-) -> lc.llama_sampler_p:
+def build_chain(params: SamplingParams, vocab: lc.llama_vocab_p, n_ctx_seq: int) -> lc.llama_sampler_p:
     """A sampler chain for one sequence; the caller frees it with llama_sampler_free.
 
-    Order follows llama-server: penalties, grammar, top-k, typical, top-p, min-p,
-    temperature, then the random draw (or greedy at temperature <= 0).
+    Order follows llama-server: penalties, top-k, typical, top-p, min-p,
+    temperature, then the random draw (or greedy at temperature <= 0). A grammar
+    is kept outside the chain (grammar.TokenSampler) for the rejection fast path.
     """
     chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
     add = lambda s: lc.llama_sampler_chain_add(chain, s)  # noqa: E731
@@ -75,14 +73,6 @@ def build_chain(
                 params.presence_penalty,
             )
         )
-    if grammar:
-        # Seam: the fast path (sample first, check one token, resample only on
-        # rejection) replaces this full-vocabulary grammar pass later.
-        g = lc.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
-        if not g:
-            lc.llama_sampler_free(chain)
-            raise CorralError(common_pb2.ERROR_REASON_INVALID_ARGUMENT, "invalid grammar")
-        add(g)
     if params.temperature <= 0:
         add(lc.llama_sampler_init_greedy())
         return chain

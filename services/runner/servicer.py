@@ -11,6 +11,7 @@ from corral.v1 import common_pb2, runner_pb2, runner_pb2_grpc
 from services.runner.core import Runner
 from services.runner.embed import EmbedInput
 from services.runner.jobs import GenEvent
+from services.runner.logprobs import PositionLogprobs, TokenLogprob
 from services.runner.native import DEFAULT_NUM_CTX, LoadSpec, MemoryUsage
 from services.runner.sampling import SamplingParams
 
@@ -57,8 +58,18 @@ def memory_pb(m: MemoryUsage) -> runner_pb2.MemoryUsage:
     )
 
 
+def _token_pb(t: TokenLogprob) -> runner_pb2.TokenLogprob:
+    return runner_pb2.TokenLogprob(token=t.token, logprob=t.logprob, bytes=t.bytes)
+
+
+def logprobs_pb(p: PositionLogprobs) -> runner_pb2.PositionLogprobs:
+    return runner_pb2.PositionLogprobs(sampled=_token_pb(p.sampled), top=[_token_pb(t) for t in p.top])
+
+
 def event_pb(ev: GenEvent) -> runner_pb2.GenerateResponse:
-    out = runner_pb2.GenerateResponse(text=ev.text, token_ids=ev.token_ids, done=ev.done)
+    out = runner_pb2.GenerateResponse(
+        text=ev.text, token_ids=ev.token_ids, done=ev.done, logprobs=[logprobs_pb(p) for p in ev.logprobs]
+    )
     if ev.done:
         out.done_reason = ev.done_reason  # type: ignore[assignment]
     if ev.stats is not None:
@@ -110,6 +121,10 @@ class RunnerServicer(runner_pb2_grpc.RunnerServiceServicer):
             grammar=request.grammar,
             add_bos=request.add_bos,
             request_id=request.request_id,
+            json_schema=request.json_schema,
+            logprobs=request.logprobs,
+            top_logprobs=request.top_logprobs,
+            truncate=request.truncate,
         )
         try:
             async for ev in stream:

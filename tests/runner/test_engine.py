@@ -17,7 +17,6 @@ import pytest
 
 from corral.errors import CorralError
 from corral.v1 import common_pb2
-from services.runner.embed import EmbedInput, embed
 from services.runner.engine import Instance
 from services.runner.native import LoadSpec
 from services.runner.sampling import SamplingParams
@@ -195,12 +194,6 @@ async def test_tokenize_detokenize_round_trip(inst: Instance) -> None:
     special = await inst.call(lambda nm: nm.tokenize("<start_of_turn>user", True, True))
     assert special[:2] == [2, 105]  # <bos>, <start_of_turn>
     assert await inst.call(lambda nm: nm.detokenize(special)) == "<bos><start_of_turn>user"
-
-
-async def test_embed_on_a_generative_model_is_unsupported(inst: Instance) -> None:
-    with pytest.raises(CorralError) as exc:
-        await inst.call(lambda nm: embed(nm, [EmbedInput(text="hi")], False, True))
-    assert exc.value.reason == common_pb2.ERROR_REASON_UNSUPPORTED
 
 
 async def test_bad_files_fail_to_load_without_crashing(gemma_path: Path, tmp_path: Path) -> None:

@@ -127,12 +127,17 @@ async def test_tokenize_and_detokenize(stub: runner_pb2_grpc.RunnerServiceStub) 
     assert text.text == "<bos><start_of_turn>Hi there"
 
 
-async def test_embed_with_a_generative_model_is_unsupported(stub: runner_pb2_grpc.RunnerServiceStub) -> None:
-    req = runner_pb2.EmbedRequest(instance_id=INSTANCE, inputs=[runner_pb2.EmbedInput(text="hi")])
+async def test_embed_with_a_generative_model(stub: runner_pb2_grpc.RunnerServiceStub) -> None:
+    """A generative model embeds through its own mean-pooled context; errors map to gRPC codes."""
+    inputs = [runner_pb2.EmbedInput(text="hi"), runner_pb2.EmbedInput(tokens=runner_pb2.TokenIds(ids=[2, 9259]))]
+    resp = await stub.Embed(runner_pb2.EmbedRequest(instance_id=INSTANCE, inputs=inputs, normalize=True))
+    assert len(resp.embeddings) == 2 and len(resp.embeddings[0].values) == 640
+    assert resp.prompt_eval_count == 2 + 2  # <bos> hi, and the two ids
+    bad_ids = runner_pb2.TokenIds(ids=[-1])
+    bad = runner_pb2.EmbedRequest(instance_id=INSTANCE, inputs=[runner_pb2.EmbedInput(tokens=bad_ids)])
     with pytest.raises(grpc.aio.AioRpcError) as exc:
-        await stub.Embed(req)
-    assert exc.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert from_rpc_error(exc.value).reason == common_pb2.ERROR_REASON_UNSUPPORTED
+        await stub.Embed(bad)
+    assert from_rpc_error(exc.value).reason == common_pb2.ERROR_REASON_INVALID_ARGUMENT
 
 
 async def test_get_status(stub: runner_pb2_grpc.RunnerServiceStub, gemma_path: Path) -> None:

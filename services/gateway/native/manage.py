@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncGenerator
 from typing import Any
 
 import grpc
@@ -14,7 +13,8 @@ from pydantic import BaseModel, ConfigDict
 
 from corral.v1 import registry_pb2
 from services.gateway import errors
-from services.gateway.http import json_response, ndjson_stream, parse_body, rfc3339
+from services.gateway.http import json_response, parse_body, rfc3339
+from services.gateway.native.common import progress_reply
 from services.gateway.native.models import details_json
 
 router = APIRouter()
@@ -107,17 +107,6 @@ class TransferRequest(BaseModel):
     stream: bool = True
 
 
-def _event(e: registry_pb2.TransferProgress) -> dict[str, Any]:
-    out: dict[str, Any] = {"status": e.status}
-    if e.digest:
-        out["digest"] = e.digest
-    if e.total:
-        out["total"] = e.total
-        if e.completed:  # Ollama's first event of a layer has no `completed`
-            out["completed"] = e.completed
-    return out
-
-
 async def _transfer(request: Request, method: str) -> Response:
     body = await parse_body(request, TransferRequest)
     name = body.model or body.name
@@ -127,24 +116,7 @@ async def _transfer(request: Request, method: str) -> Response:
     rpc = stub.PullModel(registry_pb2.PullModelRequest(name=name, insecure=body.insecure)) if method == "pull" else (
         stub.PushModel(registry_pb2.PushModelRequest(name=name, insecure=body.insecure)))  # fmt: skip
 
-    async def progress() -> AsyncGenerator[dict[str, Any], None]:
-        try:
-            async for event in rpc:
-                yield _event(event)
-        except grpc.RpcError as err:
-            raise errors.from_rpc(err) from err
-        finally:
-            rpc.cancel()
-
-    if body.stream:
-        return await ndjson_stream(progress())
-    last: dict[str, Any] = {}
-    try:
-        async for event in progress():
-            last = event
-    except errors.HTTPError as err:
-        return json_response(err.body(), err.status)
-    return json_response(last)
+    return await progress_reply(rpc, body.stream)
 
 
 @router.post("/api/pull")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -13,7 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from corral.v1 import registry_pb2, scheduler_pb2
 from services.gateway import errors
-from services.gateway.http import json_response, ndjson_stream, parse_body, rfc3339
+from services.gateway.http import json_response, parse_body, rfc3339
+from services.gateway.native.common import progress_reply
 
 router = APIRouter()
 UPLOAD_CHUNK = 1 << 20
@@ -103,37 +104,7 @@ async def create(request: Request) -> Response:
         params = Struct()
         params.update(body.parameters)
         req.parameters.CopyFrom(params)
-    stub = request.app.state.backends.registry
-
-    async def progress() -> AsyncGenerator[dict[str, Any], None]:
-        call = stub.CreateModel(req)
-        try:
-            async for event in call:
-                yield _progress(event)
-        except grpc.RpcError as err:
-            raise errors.from_rpc(err) from err
-        finally:
-            call.cancel()
-
-    if body.stream:
-        return await ndjson_stream(progress())
-    last: dict[str, Any] = {}
-    try:
-        async for event in progress():
-            last = event
-    except errors.HTTPError as err:
-        return json_response(err.body(), err.status)
-    return json_response(last)
-
-
-def _progress(event: registry_pb2.CreateModelResponse) -> dict[str, Any]:
-    out: dict[str, Any] = {"status": event.status}
-    if event.digest:
-        out["digest"] = event.digest
-    if event.total:
-        out["total"] = event.total
-        out["completed"] = event.completed
-    return out
+    return await progress_reply(request.app.state.backends.registry.CreateModel(req), body.stream)
 
 
 @router.head("/api/blobs/{digest}")

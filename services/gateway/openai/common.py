@@ -1,0 +1,90 @@
+"""Pieces shared by the OpenAI endpoints: request options, ids, usage, errors."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from services.gateway.errors import bad_request
+from services.gateway.native.common import DONE_REASONS
+from services.gateway.pipeline import Event
+
+EFFORT_TO_THINK: dict[str, Any] = {
+    "none": False,
+    "minimal": "low",
+    "low": "low",
+    "medium": "medium",
+    "high": "high",
+    "max": "max",
+    "xhigh": "max",
+    "ultra": "max",
+}
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{secrets.token_hex(6)}"
+
+
+def think_from_effort(effort: Any) -> Any:
+    if effort is None:
+        return None
+    if effort not in EFFORT_TO_THINK:
+        raise bad_request(f"invalid reasoning value: '{effort}' (must be one of: {', '.join(EFFORT_TO_THINK)})")
+    return EFFORT_TO_THINK[effort]
+
+
+def sampling_options(body: dict[str, Any]) -> dict[str, Any]:
+    """OpenAI fields to Ollama options; temperature and top_p default to 1.0 like Ollama."""
+    opts: dict[str, Any] = {}
+    temperature = body.get("temperature")
+    opts["temperature"] = 1.0 if temperature is None else temperature
+    top_p = body.get("top_p")
+    opts["top_p"] = top_p if top_p else 1.0
+    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
+    if max_tokens is not None:
+        opts["num_predict"] = max_tokens
+    for key in ("seed", "frequency_penalty", "presence_penalty"):
+        if body.get(key) is not None:
+            opts[key] = body[key]
+    stop = body.get("stop")
+    if stop is not None:
+        if isinstance(stop, str):
+            stop = [stop]
+        if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
+            raise bad_request(f"invalid type for 'stop' field: {type(stop).__name__}")
+        opts["stop"] = stop
+    return opts
+
+
+def check_n(body: dict[str, Any]) -> None:
+    n = body.get("n")
+    if n is not None and n != 1:
+        raise bad_request("n > 1 is not supported: request one choice at a time", "unsupported_n")
+
+
+def finish_reason(ev: Event, had_tools: bool) -> str:
+    if ev.final is None:
+        return "stop"
+    reason = DONE_REASONS.get(ev.final.done_reason, "stop")
+    return "tool_calls" if had_tools and reason == "stop" else reason
+
+
+def usage(ev: Event) -> dict[str, int]:
+    s = ev.final.stats if ev.final is not None else None
+    prompt = s.prompt_eval_count if s else 0
+    completion = s.eval_count if s else 0
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def openai_logprobs(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        {
+            "token": lp["token"],
+            "logprob": lp["logprob"],
+            "bytes": lp["bytes"],
+            "top_logprobs": [
+                {"token": t["token"], "logprob": t["logprob"], "bytes": t["bytes"]} for t in lp["top_logprobs"]
+            ],
+        }
+        for lp in items
+    ]

@@ -1,0 +1,140 @@
+"""POST /v1/completions: a string, a list of strings, token ids or lists of token ids."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncGenerator
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from services.gateway import inference, options, pipeline, prompts
+from services.gateway.errors import bad_request, openai_body
+from services.gateway.http import collect, parse_json
+from services.gateway.native.common import keep_alive
+from services.gateway.openai import common
+from services.gateway.sse import Event, sse_stream
+
+router = APIRouter()
+
+
+def _prompts(value: Any) -> list[str | list[int]]:
+    def is_tokens(v: Any) -> bool:
+        return isinstance(v, list) and bool(v) and all(isinstance(t, int) and not isinstance(t, bool) for t in v)
+
+    if isinstance(value, str):
+        return [value]
+    if is_tokens(value):
+        return [value]
+    if isinstance(value, list) and value and all(isinstance(v, str) or is_tokens(v) for v in value):
+        return list(value)
+    raise bad_request("invalid prompt: expected a string, a list of strings, token ids or lists of token ids")
+
+
+@router.post("/v1/completions")
+async def completions(request: Request) -> Response:
+    body = await parse_json(request)
+    if not body.get("model"):
+        raise bad_request("model is required", "model_required")
+    common.check_n(body)
+    items = _prompts(body.get("prompt"))
+    backends = request.app.state.backends
+    model = await inference.resolve(backends, body["model"])
+    pipeline.check_capabilities(model, body["model"], "generate", None, body.get("suffix") or "")
+    merged = options.merge(options.model_params(model), common.sampling_options(body))
+    n_logprobs = body.get("logprobs")
+    ka = keep_alive(body.get("keep_alive"))
+
+    def job(prompt: str | list[int]) -> pipeline.Job:
+        if isinstance(prompt, str):
+            rendered = prompts.render_generate(model, prompt, None, False, None, body.get("suffix") or "")
+            tokens: list[int] = []
+        else:
+            rendered, tokens = prompts.Prompt("", False, "raw"), prompt
+        return pipeline.Job(
+            model=model,
+            prompt=rendered,
+            sampling=options.to_sampling(merged),
+            load=options.to_load(merged),
+            keep_alive=ka,
+            prompt_tokens=tokens,
+            logprobs=bool(n_logprobs),
+            top_logprobs=int(n_logprobs or 0),
+        )
+
+    jobs = [job(p) for p in items]
+    cid, created = common.new_id("cmpl"), int(time.time())
+    base = {
+        "id": cid,
+        "object": "text_completion",
+        "created": created,
+        "model": body["model"],
+        "system_fingerprint": "fp_ollama",
+    }
+
+    async def events() -> AsyncGenerator[tuple[int, pipeline.Event], None]:
+        for i, j in enumerate(jobs):
+            stream = pipeline.run(backends, j)
+            try:
+                async for ev in stream:
+                    yield i, ev
+            finally:
+                await stream.aclose()
+
+    def logprobs_obj(lps: list[dict[str, Any]]) -> dict[str, Any] | None:
+        if not lps:
+            return None
+        return {
+            "tokens": [lp["token"] for lp in lps],
+            "token_logprobs": [lp["logprob"] for lp in lps],
+            "top_logprobs": [{t["token"]: t["logprob"] for t in lp["top_logprobs"]} for lp in lps],
+        }
+
+    if body.get("stream"):
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+
+        async def sse() -> AsyncGenerator[Event, None]:
+            totals = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+            async for i, ev in events():
+                finish = common.finish_reason(ev, False) if ev.done else None
+                choice = {
+                    "index": i,
+                    "text": ev.content,
+                    "logprobs": logprobs_obj(ev.logprobs),
+                    "finish_reason": finish,
+                }
+                yield None, {**base, "choices": [choice]}
+                if ev.done:
+                    for k, v in common.usage(ev).items():
+                        totals[k] += v
+            if include_usage:
+                yield None, {**base, "choices": [], "usage": totals}
+            yield None, "[DONE]"
+
+        return await sse_stream(sse(), openai_body)
+
+    async def chunks() -> AsyncGenerator[dict[str, Any], None]:
+        async for i, ev in events():
+            yield {"i": i, "ev": ev}
+
+    def merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
+        choices = []
+        totals = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+        for i in range(len(jobs)):
+            evs: list[pipeline.Event] = [p["ev"] for p in parts if p["i"] == i]
+            last = evs[-1]
+            lps = [lp for e in evs for lp in e.logprobs]
+            choices.append(
+                {
+                    "index": i,
+                    "text": "".join(e.content for e in evs),
+                    "logprobs": logprobs_obj(lps),
+                    "finish_reason": common.finish_reason(last, False),
+                }
+            )
+            for k, v in common.usage(last).items():
+                totals[k] += v
+        return {**base, "choices": choices, "usage": totals}
+
+    return await collect(request, chunks(), merge, error_body=openai_body)

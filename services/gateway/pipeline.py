@@ -1,0 +1,172 @@
+"""One generation, shared by every API surface: checks, runner stream, and the
+thinking and tool-call parsers over its text. Surfaces only reshape the events."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass, field
+from typing import Any
+
+from corral.v1 import common_pb2, registry_pb2, runner_pb2
+from services.gateway import formats, inference, options, prompts
+from services.gateway.backends import Backends
+from services.gateway.errors import HTTPError, bad_request
+from services.gateway.prompts import Prompt, Think
+from services.gateway.thinking import ThinkingParser
+from services.gateway.tools import ToolParser
+
+THINK_LEVELS = ("high", "medium", "low", "max")
+
+
+def parse_think(value: Any) -> Think:
+    if value is None:
+        return Think()
+    if isinstance(value, bool):
+        return Think(value, "", True)
+    if isinstance(value, str) and value in THINK_LEVELS:
+        return Think(True, value, True)
+    if isinstance(value, str) and value in ("true", "false"):
+        return Think(value == "true", "", True)
+    shown = value if isinstance(value, str) else str(value)
+    raise bad_request(
+        f'invalid think value: "{shown}" (must be "high", "medium", "low", "max", true, or false)', "invalid_think"
+    )
+
+
+def resolve_think(model: registry_pb2.Model, name: str, think: Think, relax: bool = False) -> Think:
+    """Thinking models think by default; others refuse `think` (the Anthropic surface drops it)."""
+    caps = set(model.capabilities)
+    if "thinking" in caps:
+        return think if think.is_set else Think(True, "", False)
+    if think.enabled:
+        if relax:
+            return Think()
+        raise HTTPError(400, f'"{name}" does not support thinking', "thinking_unsupported")
+    return think
+
+
+def check_capabilities(model: registry_pb2.Model, name: str, action: str, tools: Any, suffix: str = "") -> None:
+    caps = set(model.capabilities)
+    if not caps:
+        return
+    if "completion" not in caps:
+        raise HTTPError(400, f'"{name}" does not support {action}', "capability_missing")
+    missing = [c for c, wanted in (("tools", bool(tools)), ("insert", bool(suffix))) if wanted and c not in caps]
+    if missing:
+        full = model.full_name or name
+        raise HTTPError(400, "\n".join(f"{full} does not support {c}" for c in missing), "capability_missing")
+
+
+def logprobs_json(items: Any) -> list[dict[str, Any]]:
+    def one(t: runner_pb2.TokenLogprob) -> dict[str, Any]:
+        return {"token": t.token, "logprob": t.logprob, "bytes": list(t.bytes)}
+
+    return [{**one(p.sampled), "top_logprobs": [one(t) for t in p.top]} for p in items]
+
+
+@dataclass
+class Job:
+    model: registry_pb2.Model
+    prompt: Prompt
+    sampling: common_pb2.SamplingOptions
+    load: common_pb2.LoadOptions
+    keep_alive: float | None
+    format: Any = None
+    tools: list[dict[str, Any]] | None = None
+    tool_tag: str = "{"
+    think: bool = False
+    think_tags: tuple[str, str] = ("<think>", "</think>")
+    logprobs: bool = False
+    top_logprobs: int = 0
+    prompt_tokens: list[int] = field(default_factory=list)
+
+
+@dataclass
+class Event:
+    content: str = ""
+    thinking: str = ""
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    logprobs: list[dict[str, Any]] = field(default_factory=list)
+    done: bool = False
+    final: runner_pb2.GenerateResponse | None = None
+    load_ns: int = 0
+
+    def empty(self) -> bool:
+        return not (self.content or self.thinking or self.tool_calls or self.logprobs or self.done)
+
+
+def runner_request(job: Job) -> runner_pb2.GenerateRequest:
+    req = runner_pb2.GenerateRequest(
+        prompt=job.prompt.text,
+        prompt_tokens=job.prompt_tokens,
+        sampling=job.sampling,
+        add_bos=job.prompt.add_bos,
+        logprobs=job.logprobs,
+        top_logprobs=job.top_logprobs,
+    )
+    started = job.think and job.prompt.text.rstrip().endswith(job.think_tags[0])
+    formats.apply(req, formats.constraint(job.format, job.think_tags if job.think else None, started))
+    return req
+
+
+async def run(backends: Backends, job: Job) -> AsyncGenerator[Event, None]:
+    if not 0 <= job.top_logprobs <= 20:
+        raise bad_request("top_logprobs must be between 0 and 20", "invalid_top_logprobs")
+    req = runner_request(job)
+    thinker = ThinkingParser(job.think_tags, job.prompt.text) if job.think else None
+    tooler = ToolParser(job.tools, job.tool_tag) if job.tools else None
+    load_ns = 0
+    async for chunk in inference.generate(backends, job.model, req, job.load, job.keep_alive):
+        load_ns += chunk.load_duration_ns
+        r = chunk.response
+        ev = Event(done=r.done, logprobs=logprobs_json(r.logprobs) if r.logprobs else [])
+        text = r.text
+        if thinker is not None:
+            ev.thinking, text = thinker.add(text, r.done)
+        if tooler is not None:
+            ev.tool_calls, text = tooler.add(text, r.done)
+        ev.content = text
+        if r.done:
+            ev.final, ev.load_ns = r, load_ns
+        if not ev.empty():
+            yield ev
+
+
+async def prepare_chat(
+    backends: Backends,
+    name: str,
+    messages: list[dict[str, Any]],
+    *,
+    tools: list[dict[str, Any]] | None = None,
+    fmt: Any = None,
+    request_options: dict[str, Any] | None = None,
+    think: Think | None = None,
+    keep_alive: float | None = None,
+    logprobs: bool = False,
+    top_logprobs: int = 0,
+    relax_think: bool = False,
+) -> Job:
+    """Resolve, check and render a chat: what every chat-shaped surface needs."""
+    model = await inference.resolve(backends, name)
+    merged = options.merge(options.model_params(model), request_options)
+    check_capabilities(model, name, "chat", tools)
+    resolved = resolve_think(model, name, think or Think(), relax=relax_think)
+    # Templates are untrusted and may run up to their time limit: keep them off the event loop.
+    rendered = await asyncio.to_thread(
+        prompts.render_chat, model, prompts.with_system(model, messages), tools, resolved
+    )
+    return Job(
+        model=model,
+        prompt=rendered,
+        sampling=options.to_sampling(merged),
+        load=options.to_load(merged),
+        keep_alive=keep_alive,
+        format=fmt,
+        tools=tools,
+        tool_tag=prompts.tool_tag(model),
+        think=resolved.enabled,
+        think_tags=prompts.thinking_tags(model),
+        logprobs=logprobs,
+        top_logprobs=top_logprobs,
+    )
