@@ -41,6 +41,8 @@ async def parse_json(request: Request) -> dict[str, Any]:
         data = json.loads(raw)
     except json.JSONDecodeError as exc:
         raise bad_request(f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}", "invalid_json") from exc
+    except UnicodeDecodeError as exc:
+        raise bad_request("invalid JSON: the body is not UTF-8 text", "invalid_json") from exc
     if not isinstance(data, dict):
         raise bad_request(f"json: cannot unmarshal {type(data).__name__} into request object", "invalid_json")
     return data
@@ -48,15 +50,7 @@ async def parse_json(request: Request) -> dict[str, Any]:
 
 async def parse_body(request: Request, model: type[M]) -> M:
     """Decode a JSON body into `model` with Ollama's 400 messages."""
-    raw = await request.body()
-    if not raw.strip():
-        raise bad_request("missing request body", "missing_body")
-    try:
-        data = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise bad_request(f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}", "invalid_json") from exc
-    if not isinstance(data, dict):
-        raise bad_request(f"json: cannot unmarshal {type(data).__name__} into request object", "invalid_json")
+    data = await parse_json(request)
     try:
         return model.model_validate(data)
     except ValidationError as exc:
