@@ -212,3 +212,13 @@ def test_generate_with_template_override_and_system(stack: Stack, gemma: str) ->
     }
     r = httpx.post(stack.url + "/api/generate", json=body, timeout=120).json()
     assert r["done"] and r["done_reason"] in ("stop", "length") and r["response"]
+
+
+def test_ollama_client_chat_embed_and_ps(stack: Stack, gemma: str) -> None:
+    client = ollama.Client(host=stack.url)
+    streamed = list(client.chat(model=gemma, messages=[{"role": "user", "content": "Hi"}], stream=True, options=OPTS))
+    assert streamed[-1].done and streamed[-1].done_reason in ("stop", "length")
+    assert all(part.message.role == "assistant" for part in streamed)
+    emb = client.embed(model=gemma, input=["one", "two"])
+    assert len(emb.embeddings) == 2 and len(emb.embeddings[0]) == 640
+    assert any(m.model == f"{gemma}:latest" for m in client.ps().models)
