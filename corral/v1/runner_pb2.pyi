@@ -198,7 +198,7 @@ class GetStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class InstanceStatus(_message.Message):
-    __slots__ = ("instance_id", "model_path", "memory", "context_length", "num_parallel", "active_sequences", "queued_requests")
+    __slots__ = ("instance_id", "model_path", "memory", "context_length", "num_parallel", "active_sequences", "queued_requests", "loading", "load_progress")
     INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_PATH_FIELD_NUMBER: _ClassVar[int]
     MEMORY_FIELD_NUMBER: _ClassVar[int]
@@ -206,6 +206,8 @@ class InstanceStatus(_message.Message):
     NUM_PARALLEL_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_SEQUENCES_FIELD_NUMBER: _ClassVar[int]
     QUEUED_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    LOADING_FIELD_NUMBER: _ClassVar[int]
+    LOAD_PROGRESS_FIELD_NUMBER: _ClassVar[int]
     instance_id: str
     model_path: str
     memory: MemoryUsage
@@ -213,7 +215,9 @@ class InstanceStatus(_message.Message):
     num_parallel: int
     active_sequences: int
     queued_requests: int
-    def __init__(self, instance_id: _Optional[str] = ..., model_path: _Optional[str] = ..., memory: _Optional[_Union[MemoryUsage, _Mapping]] = ..., context_length: _Optional[int] = ..., num_parallel: _Optional[int] = ..., active_sequences: _Optional[int] = ..., queued_requests: _Optional[int] = ...) -> None: ...
+    loading: bool
+    load_progress: float
+    def __init__(self, instance_id: _Optional[str] = ..., model_path: _Optional[str] = ..., memory: _Optional[_Union[MemoryUsage, _Mapping]] = ..., context_length: _Optional[int] = ..., num_parallel: _Optional[int] = ..., active_sequences: _Optional[int] = ..., queued_requests: _Optional[int] = ..., loading: _Optional[bool] = ..., load_progress: _Optional[float] = ...) -> None: ...
 
 class GetStatusResponse(_message.Message):
     __slots__ = ("runner_id", "device", "instances")

@@ -22,9 +22,10 @@ log = logging.getLogger(__name__)
 class InstanceState:
     instance_id: str
     model_path: str
-    info: LoadInfo
+    info: LoadInfo | None  # None while loading
     active_sequences: int
     queued_requests: int
+    load_progress: float = 1.0
 
 
 class Runner:
@@ -32,6 +33,7 @@ class Runner:
         self.runner_id = runner_id
         self.probe = probe
         self._instances: dict[str, Instance] = {}
+        self._loading: dict[str, Instance] = {}  # reported by status() with their progress
         self._load_lock = asyncio.Lock()
         self._background: set[asyncio.Task[None]] = set()
 
@@ -63,6 +65,7 @@ class Runner:
                     )
                 return existing.info
             inst = Instance(instance_id, spec)
+            self._loading[instance_id] = inst
             try:
                 info = await asyncio.shield(inst.start())
             except asyncio.CancelledError:
@@ -71,6 +74,8 @@ class Runner:
                 self._background.add(task)
                 task.add_done_callback(self._background.discard)
                 raise
+            finally:
+                self._loading.pop(instance_id, None)
             self._instances[instance_id] = inst
         log.info(
             "loaded instance",
@@ -92,9 +97,8 @@ class Runner:
 
     def status(self) -> list[InstanceState]:
         return [
-            InstanceState(i.id, i.spec.model_path, i.info, i.active_sequences, i.queued_requests)
-            for i in self._instances.values()
-            if i.info is not None
+            InstanceState(i.id, i.spec.model_path, i.info, i.active_sequences, i.queued_requests, i.load_progress)
+            for i in [*self._instances.values(), *self._loading.values()]
         ]
 
     def generate(

@@ -99,6 +99,8 @@ class Instance:
         self.id = instance_id
         self.spec = spec
         self.info: LoadInfo | None = None
+        self.load_progress = 0.0  # written by the owner thread while loading
+        self._stopping = False
         self.active_sequences = 0
         self.queued_requests = 0
         self._commands: queue.SimpleQueue[_Command] = queue.SimpleQueue()
@@ -117,7 +119,8 @@ class Instance:
         return self.info
 
     async def stop(self) -> None:
-        """Fails in-flight requests, frees the model and ends the thread."""
+        """Fails in-flight requests, frees the model and ends the thread (a load in progress is aborted)."""
+        self._stopping = True
         self._put(_Stop())
         if self._thread.ident is not None:  # started
             await asyncio.wrap_future(self._stopped)
@@ -186,7 +189,7 @@ class Instance:
     def _run(self) -> None:
         t0 = time.perf_counter_ns()
         try:
-            nm = NativeModel(self.spec)
+            nm = NativeModel(self.spec, on_progress=self._on_load_progress)
         except BaseException as exc:
             if not isinstance(exc, CorralError):
                 log.exception("load of %s failed", self.id)
@@ -228,6 +231,10 @@ class Instance:
                 log.exception("decode step of %s failed", self.id)
                 batcher.abort_all(CorralError(common_pb2.ERROR_REASON_RUNNER_FAILED, f"runner error: {exc}"))
             self._publish(batcher)
+
+    def _on_load_progress(self, fraction: float) -> bool:
+        self.load_progress = fraction
+        return not self._stopping  # an unload during the load aborts it
 
     def _publish(self, batcher: Batcher) -> None:
         self.active_sequences = batcher.active

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -86,8 +87,10 @@ class MemoryUsage:
 
 
 class NativeModel:
-    def __init__(self, spec: LoadSpec) -> None:
+    def __init__(self, spec: LoadSpec, on_progress: Callable[[float], bool] | None = None) -> None:
+        """`on_progress(fraction)` is called while the weights load; returning False aborts the load."""
         self.spec = spec
+        self._on_progress = on_progress
         self.model: int | None = None
         self.ctx: int | None = None
         self.batch: lc.llama_batch | None = None
@@ -120,6 +123,11 @@ class NativeModel:
             mp.main_gpu = spec.main_gpu
         if spec.use_mmap is not None:
             mp.load_mode = lc.LLAMA_LOAD_MODE_MMAP if spec.use_mmap else lc.LLAMA_LOAD_MODE_NONE
+        if self._on_progress is not None:
+            report = self._on_progress
+            # Kept on self: llama.cpp calls it until the load returns.
+            self._progress_cb = lc.llama_progress_callback(lambda fraction, _user: bool(report(float(fraction))))
+            mp.progress_callback = self._progress_cb
         self.model = lc.llama_model_load_from_file(str(path).encode(), mp)
         if not self.model:
             raise _load_failed(f"llama.cpp could not load {path}")

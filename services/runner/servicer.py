@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import grpc
 
 from corral.v1 import common_pb2, runner_pb2, runner_pb2_grpc
-from services.runner.core import Runner
+from services.runner.core import InstanceState, Runner
 from services.runner.embed import EmbedInput
 from services.runner.jobs import GenEvent
 from services.runner.logprobs import PositionLogprobs, TokenLogprob
@@ -161,21 +161,27 @@ class RunnerServicer(runner_pb2_grpc.RunnerServiceServicer):
     async def GetStatus(
         self, request: runner_pb2.GetStatusRequest, context: grpc.aio.ServicerContext
     ) -> runner_pb2.GetStatusResponse:
-        instances = [
-            runner_pb2.InstanceStatus(
-                instance_id=s.instance_id,
-                model_path=s.model_path,
-                memory=memory_pb(s.info.memory),
-                context_length=s.info.context_length,
-                num_parallel=s.info.num_parallel,
-                active_sequences=s.active_sequences,
-                queued_requests=s.queued_requests,
-            )
-            for s in self.runner.status()
-        ]
+        instances = [_instance_status(s) for s in self.runner.status()]
         return runner_pb2.GetStatusResponse(
             runner_id=self.runner.runner_id, device=self.runner.device().to_proto(), instances=instances
         )
+
+
+def _instance_status(s: InstanceState) -> runner_pb2.InstanceStatus:
+    if s.info is None:  # still loading
+        return runner_pb2.InstanceStatus(
+            instance_id=s.instance_id, model_path=s.model_path, loading=True, load_progress=s.load_progress
+        )
+    return runner_pb2.InstanceStatus(
+        instance_id=s.instance_id,
+        model_path=s.model_path,
+        memory=memory_pb(s.info.memory),
+        context_length=s.info.context_length,
+        num_parallel=s.info.num_parallel,
+        active_sequences=s.active_sequences,
+        queued_requests=s.queued_requests,
+        load_progress=1.0,
+    )
 
 
 def register(servicer: RunnerServicer) -> Callable[[grpc.aio.Server], list[str]]:

@@ -43,6 +43,7 @@ class SchedulerConfig:
     kv_cache_type: str = "f16"
     flash_attention: bool | None = None
     release_settle: float = 5.0  # seconds a device's free memory may lag an unload
+    load_poll: float = 1.0  # seconds between load-progress checks
 
 
 @dataclass(frozen=True)
@@ -277,7 +278,7 @@ class Scheduler:
         )
         log.info("loading model", extra=fields(model=inst.spec.name, runner=runner.id, num_ctx=k.num_ctx))
         try:
-            resp = await self.client.load(runner.address, request, timeout=self.config.load_timeout)
+            resp = await self._load_watching_progress(runner, request)
         except CorralError as err:
             async with self._cond:
                 self._loading.discard(runner.id)
@@ -302,6 +303,40 @@ class Scheduler:
                 inst.size_bytes = resp.memory.total_bytes
                 inst.size_vram_bytes = resp.memory.gpu_bytes
             self._cond.notify_all()
+
+    async def _load_watching_progress(
+        self, runner: Runner, request: runner_pb2.LoadModelRequest
+    ) -> runner_pb2.LoadModelResponse:
+        """LoadModel with a stall timeout: CORRAL_LOAD_TIMEOUT restarts whenever the runner reports
+        more of the weights loaded, so a large model on a slow disk is not cut off while it progresses."""
+        call = asyncio.ensure_future(self.client.load(runner.address, request, timeout=None))
+        progress, since = -1.0, time.monotonic()
+        try:
+            while True:
+                done, _ = await asyncio.wait({call}, timeout=self.config.load_poll)
+                if done:
+                    return call.result()
+                status = await self.client.status(runner.address)
+                now = time.monotonic()
+                current = next(
+                    (
+                        i.load_progress
+                        for i in (status.instances if status else [])
+                        if i.instance_id == request.instance_id
+                    ),
+                    None,
+                )
+                if current is not None and current > progress:
+                    progress, since = current, now
+                if now - since > self.config.load_timeout:
+                    raise CorralError(
+                        common_pb2.ERROR_REASON_LOAD_FAILED,
+                        f"timed out waiting for the model to load: no progress for {self.config.load_timeout:g}s "
+                        f"({max(progress, 0) * 100:.0f}% loaded)",
+                    )
+        finally:
+            if not call.done():
+                call.cancel()  # the runner aborts the load when its caller goes away
 
     async def _unload(self, instances: tuple[Instance, ...]) -> None:
         for inst in instances:

@@ -15,10 +15,14 @@ from corral.v1 import runner_pb2, runner_pb2_grpc
 
 class RunnerClient(Protocol):
     async def load(
-        self, address: str, request: runner_pb2.LoadModelRequest, timeout: float
+        self, address: str, request: runner_pb2.LoadModelRequest, timeout: float | None
     ) -> runner_pb2.LoadModelResponse: ...
 
     async def unload(self, address: str, instance_id: str) -> None: ...
+
+    async def status(self, address: str) -> runner_pb2.GetStatusResponse | None:
+        """The runner's status, or None when it does not answer."""
+        ...
 
     async def alive(self, address: str) -> bool: ...
 
@@ -37,7 +41,7 @@ class GrpcRunnerClient:
         return runner_pb2_grpc.RunnerServiceStub(self._channels[address])
 
     async def load(
-        self, address: str, request: runner_pb2.LoadModelRequest, timeout: float
+        self, address: str, request: runner_pb2.LoadModelRequest, timeout: float | None
     ) -> runner_pb2.LoadModelResponse:
         try:
             return await self._stub(address).LoadModel(request, timeout=timeout)
@@ -49,12 +53,14 @@ class GrpcRunnerClient:
         with contextlib.suppress(grpc.RpcError):
             await self._stub(address).UnloadModel(runner_pb2.UnloadModelRequest(instance_id=instance_id), timeout=30)
 
-    async def alive(self, address: str) -> bool:
+    async def status(self, address: str) -> runner_pb2.GetStatusResponse | None:
         try:
-            await self._stub(address).GetStatus(runner_pb2.GetStatusRequest(), timeout=3)
+            return await self._stub(address).GetStatus(runner_pb2.GetStatusRequest(), timeout=3)
         except grpc.RpcError:
-            return False
-        return True
+            return None
+
+    async def alive(self, address: str) -> bool:
+        return await self.status(address) is not None
 
     async def close(self) -> None:
         for ch in self._channels.values():

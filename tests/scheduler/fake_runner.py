@@ -21,6 +21,9 @@ class FakeRunner(runner_pb2_grpc.RunnerServiceServicer):
         self.scheduler_addr = scheduler_addr
         self.loaded: dict[str, runner_pb2.LoadModelRequest] = {}
         self.loads: list[runner_pb2.LoadModelRequest] = []
+        # A slow load: `load_steps` steps of `load_step` seconds; progress stops at `stall_at`.
+        self.load_steps, self.load_step, self.stall_at = 1, 0.05, 2.0
+        self.loading: dict[str, float] = {}
         self.unloads: list[str] = []
         self.service: GrpcService | None = None
         self._beat: asyncio.Task[None] | None = None
@@ -28,7 +31,13 @@ class FakeRunner(runner_pb2_grpc.RunnerServiceServicer):
     async def LoadModel(
         self, request: runner_pb2.LoadModelRequest, context: grpc.aio.ServicerContext
     ) -> runner_pb2.LoadModelResponse:
-        await asyncio.sleep(0.05)
+        self.loading[request.instance_id] = 0.0
+        try:
+            for step in range(1, self.load_steps + 1):
+                await asyncio.sleep(self.load_step)
+                self.loading[request.instance_id] = min(step / self.load_steps, self.stall_at)
+        finally:
+            self.loading.pop(request.instance_id, None)
         self.loaded[request.instance_id] = request
         self.loads.append(request)
         mem = runner_pb2.MemoryUsage(weights_bytes=GIB, kv_cache_bytes=GIB // 4, total_bytes=GIB + GIB // 4)
@@ -50,7 +59,10 @@ class FakeRunner(runner_pb2_grpc.RunnerServiceServicer):
     async def GetStatus(
         self, request: runner_pb2.GetStatusRequest, context: grpc.aio.ServicerContext
     ) -> runner_pb2.GetStatusResponse:
-        return runner_pb2.GetStatusResponse(runner_id=self.runner_id, device=self.device)
+        loading = [
+            runner_pb2.InstanceStatus(instance_id=i, loading=True, load_progress=p) for i, p in self.loading.items()
+        ]
+        return runner_pb2.GetStatusResponse(runner_id=self.runner_id, device=self.device, instances=loading)
 
     async def start(self) -> None:
         def register(server: grpc.aio.Server) -> list[str]:

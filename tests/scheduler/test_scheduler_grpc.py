@@ -54,7 +54,8 @@ class Stack:
 @pytest.fixture
 async def stack(request: pytest.FixtureRequest) -> AsyncIterator[Stack]:
     overrides = getattr(request, "param", {})
-    config = SchedulerConfig(heartbeat_interval=0.1, runner_timeout=0.6, load_timeout=5, **overrides)
+    settings = {"heartbeat_interval": 0.1, "runner_timeout": 0.6, "load_timeout": 5.0, "load_poll": 0.05, **overrides}
+    config = SchedulerConfig(**settings)
     s = Stack(config)
     await s.start()
     yield s
@@ -256,3 +257,24 @@ async def test_two_80gb_gpus_place_whole_models_then_offload_partially(stack: St
     assert info.default_context_length == 262144
     assert sorted(r.device.id for r in info.runners) == ["cuda:0", "cuda:1"]
     assert all(r.allocated_bytes > 0 for r in info.runners)
+
+
+@pytest.mark.parametrize("stack", [{"load_timeout": 0.5}], indirect=True)
+async def test_load_timeout_restarts_while_the_runner_makes_progress(stack: Stack) -> None:
+    runner = await stack.runner(cpu_device())
+    runner.load_steps, runner.load_step = 10, 0.2  # 2 s in all, well past the 0.5 s stall timeout
+    lease = await stack.stub.AcquireModel(acquire_req(), timeout=10)
+    assert lease.runner_address == runner.address
+    assert lease.load_duration_ns > 1_500_000_000
+
+
+@pytest.mark.parametrize("stack", [{"load_timeout": 0.5}], indirect=True)
+async def test_a_stalled_load_fails_with_a_clear_error(stack: Stack) -> None:
+    runner = await stack.runner(cpu_device())
+    runner.load_steps, runner.load_step, runner.stall_at = 20, 0.2, 0.3  # stuck at 30 %
+    with pytest.raises(grpc.RpcError) as exc:
+        await stack.stub.AcquireModel(acquire_req(), timeout=10)
+    err = from_rpc_error(exc.value)
+    assert err.reason_name == "LOAD_FAILED"
+    assert "no progress" in err.message and "30% loaded" in err.message
+    assert not (await stack.stub.ListLoadedModels(scheduler_pb2.ListLoadedModelsRequest())).models
