@@ -9,7 +9,7 @@ gateway maps it to HTTP once (services/gateway/errors.py).
 from __future__ import annotations
 
 import grpc
-from google.rpc import code_pb2, error_details_pb2, status_pb2
+from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from corral.v1 import common_pb2
@@ -87,4 +87,4 @@ def from_rpc_error(err: grpc.RpcError) -> CorralError:
     return CorralError(reason, message, code)
 
 
-__all__ = ["DOMAIN", "CorralError", "code_pb2", "from_rpc_error", "reason_name"]
+__all__ = ["DOMAIN", "CorralError", "from_rpc_error", "reason_name"]
