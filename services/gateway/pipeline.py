@@ -80,6 +80,7 @@ class Job:
     logprobs: bool = False
     top_logprobs: int = 0
     prompt_tokens: list[int] = field(default_factory=list)
+    truncate: bool = True  # Ollama's default: cut the oldest tokens rather than fail
 
 
 @dataclass
@@ -104,6 +105,7 @@ def runner_request(job: Job) -> runner_pb2.GenerateRequest:
         add_bos=job.prompt.add_bos,
         logprobs=job.logprobs,
         top_logprobs=job.top_logprobs,
+        truncate=job.truncate,
     )
     started = job.think and job.prompt.text.rstrip().endswith(job.think_tags[0])
     formats.apply(req, formats.constraint(job.format, job.think_tags if job.think else None, started))

@@ -222,3 +222,18 @@ def test_ollama_client_chat_embed_and_ps(stack: Stack, gemma: str) -> None:
     emb = client.embed(model=gemma, input=["one", "two"])
     assert len(emb.embeddings) == 2 and len(emb.embeddings[0]) == 640
     assert any(m.model == f"{gemma}:latest" for m in client.ps().models)
+
+
+def test_prompt_longer_than_the_context_is_truncated_unless_asked_not_to(stack: Stack, gemma: str) -> None:
+    body = {
+        "model": gemma,
+        "prompt": "The quick brown fox jumps over the lazy dog. " * 60,  # ~600 tokens
+        "stream": False,
+        "options": {"num_ctx": 256, "num_predict": 4, "temperature": 0},
+    }
+    ok = httpx.post(stack.url + "/api/generate", json=body, timeout=300)
+    assert ok.status_code == 200, ok.text
+    assert 0 < ok.json()["prompt_eval_count"] <= 256
+    refused = httpx.post(stack.url + "/api/generate", json={**body, "truncate": False}, timeout=300)
+    assert refused.status_code == 400
+    assert refused.json()["error"].startswith("the prompt is longer than the context length")

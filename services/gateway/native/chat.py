@@ -30,6 +30,7 @@ class ChatRequest(BaseModel):
     options: dict[str, Any] | None = None
     keep_alive: float | str | None = None
     think: Any = None
+    truncate: bool = True
     logprobs: bool = False
     top_logprobs: int = 0
 
@@ -126,6 +127,7 @@ async def chat(request: Request) -> Response:
         logprobs=req.logprobs,
         top_logprobs=req.top_logprobs,
     )
+    job.truncate = req.truncate
     runner_stream = pipeline.run(backends, job)
 
     async def chunks() -> AsyncGenerator[dict[str, Any], None]:

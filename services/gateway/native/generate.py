@@ -35,6 +35,7 @@ class GenerateRequest(BaseModel):
     options: dict[str, Any] | None = None
     keep_alive: float | str | None = None
     think: Any = None
+    truncate: bool = True
     logprobs: bool = False
     top_logprobs: int = 0
 
@@ -95,6 +96,7 @@ async def generate(request: Request) -> Response:
         logprobs=req.logprobs,
         top_logprobs=req.top_logprobs,
     )
+    job.truncate = req.truncate
     runner_stream = pipeline.run(backends, job)
 
     async def chunks() -> AsyncGenerator[dict[str, Any], None]:
