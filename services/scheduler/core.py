@@ -44,6 +44,7 @@ class SchedulerConfig:
     flash_attention: bool | None = None
     release_settle: float = 5.0  # seconds a device's free memory may lag an unload
     load_poll: float = 1.0  # seconds between load-progress checks
+    lease_idle_timeout: float = 120.0  # leases on an instance with no work for this long are reclaimed
 
 
 @dataclass(frozen=True)
@@ -124,6 +125,37 @@ class Scheduler:
                 for r in list(self.inv.runners.values()):
                     if now - r.last_seen > self.config.runner_timeout:
                         self._forget_runner(r.id, "missed heartbeats")
+            await self._reclaim_abandoned_leases()
+
+    async def _reclaim_abandoned_leases(self) -> None:
+        """Leases whose holder vanished (a gateway that crashed mid-request never releases) would
+        keep a slot busy forever: an instance with leases but no work on its runner for
+        `lease_idle_timeout` gets them back."""
+        held = [i for i in self.inv.instances.values() if i.leases and i.state is not State.LOADING]
+        if not held:
+            return
+        busy: dict[str, int] = {}
+        for runner_id in {i.runner_id for i in held}:
+            runner = self.inv.runners.get(runner_id)
+            status = await self.client.status(runner.address) if runner else None
+            for st in status.instances if status else []:
+                busy[st.instance_id] = st.active_sequences + st.queued_requests
+        now = time.monotonic()
+        async with self._cond:
+            for inst in held:
+                if busy.get(inst.id, 1) > 0:  # working, or no answer: leave it alone
+                    inst.idle_since = now
+                    continue
+                inst.idle_since = inst.idle_since or now
+                if now - inst.idle_since < self.config.lease_idle_timeout:
+                    continue
+                stale = [lid for lid, iid in self._leases.items() if iid == inst.id]
+                log.warning("reclaiming abandoned leases", extra=fields(model=inst.spec.name, leases=len(stale)))
+                for lid in stale:
+                    del self._leases[lid]
+                inst.leases, inst.idle_since = 0, 0.0
+                self._on_idle(inst)
+            self._cond.notify_all()
 
     async def start(self) -> None:
         self._monitor = asyncio.create_task(self._watch_runners())
@@ -241,6 +273,7 @@ class Scheduler:
 
     def _grant(self, inst: Instance, keep_alive: float | None, load_ns: int) -> Lease:
         inst.leases += 1
+        inst.idle_since = 0.0
         inst.last_used = time.monotonic()
         if keep_alive is not None:
             inst.keep_alive = keep_alive

@@ -108,6 +108,7 @@ class Instance:
     size_vram_bytes: int = 0
     expires_at: float = math.inf  # wall clock (time.time()); inf = forever or busy
     last_used: float = field(default_factory=time.monotonic)
+    idle_since: float = 0.0  # leased but without work on the runner since (abandoned-lease check)
 
     @property
     def idle(self) -> bool:

@@ -24,6 +24,7 @@ class FakeRunner(runner_pb2_grpc.RunnerServiceServicer):
         # A slow load: `load_steps` steps of `load_step` seconds; progress stops at `stall_at`.
         self.load_steps, self.load_step, self.stall_at = 1, 0.05, 2.0
         self.loading: dict[str, float] = {}
+        self.busy = 1  # active sequences reported for every loaded instance
         self.unloads: list[str] = []
         self.service: GrpcService | None = None
         self._beat: asyncio.Task[None] | None = None
@@ -62,7 +63,11 @@ class FakeRunner(runner_pb2_grpc.RunnerServiceServicer):
         loading = [
             runner_pb2.InstanceStatus(instance_id=i, loading=True, load_progress=p) for i, p in self.loading.items()
         ]
-        return runner_pb2.GetStatusResponse(runner_id=self.runner_id, device=self.device, instances=loading)
+        # A fake generates nothing, so loaded instances show `busy` active sequences (default: busy).
+        loaded = [
+            runner_pb2.InstanceStatus(instance_id=i, load_progress=1.0, active_sequences=self.busy) for i in self.loaded
+        ]
+        return runner_pb2.GetStatusResponse(runner_id=self.runner_id, device=self.device, instances=loading + loaded)
 
     async def start(self) -> None:
         def register(server: grpc.aio.Server) -> list[str]:

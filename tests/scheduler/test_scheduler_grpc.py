@@ -278,3 +278,21 @@ async def test_a_stalled_load_fails_with_a_clear_error(stack: Stack) -> None:
     assert err.reason_name == "LOAD_FAILED"
     assert "no progress" in err.message and "30% loaded" in err.message
     assert not (await stack.stub.ListLoadedModels(scheduler_pb2.ListLoadedModelsRequest())).models
+
+
+@pytest.mark.parametrize("stack", [{"num_parallel": 1, "lease_idle_timeout": 0.3}], indirect=True)
+async def test_leases_of_a_vanished_client_are_reclaimed(stack: Stack) -> None:
+    runner = await stack.runner(cpu_device())
+    await stack.stub.AcquireModel(acquire_req())  # a gateway that crashes before releasing
+    runner.busy = 0  # and nothing runs on the runner any more
+    second = await stack.stub.AcquireModel(acquire_req(), timeout=5)
+    assert second.runner_address == runner.address
+
+
+@pytest.mark.parametrize("stack", [{"num_parallel": 1, "lease_idle_timeout": 0.3}], indirect=True)
+async def test_leases_with_work_on_the_runner_are_kept(stack: Stack) -> None:
+    await stack.runner(cpu_device())  # reports one active sequence: the lease is in use
+    await stack.stub.AcquireModel(acquire_req())
+    with pytest.raises(grpc.RpcError) as exc:
+        await stack.stub.AcquireModel(acquire_req(), timeout=1.0)
+    assert exc.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
