@@ -104,10 +104,16 @@ class Chunk:
     load_duration_ns: int
 
 
-def _runner_failed(err: CorralError) -> bool:
-    return err.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNKNOWN) or (
+def _runner_error(rpc_err: grpc.RpcError) -> tuple[CorralError, bool]:
+    """The runner call's error, and whether it means the runner died or restarted (then it
+    carries Ollama's "runner has unexpectedly stopped" reason)."""
+    err = from_rpc_error(rpc_err)
+    failed = err.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNKNOWN) or (
         err.reason in (common_pb2.ERROR_REASON_RUNNER_FAILED, common_pb2.ERROR_REASON_INSTANCE_NOT_FOUND)
     )
+    if failed:
+        err = CorralError(common_pb2.ERROR_REASON_RUNNER_FAILED, err.message, err.code)
+    return err, failed
 
 
 async def generate(
@@ -133,13 +139,10 @@ async def generate(
                 started = True
             return
         except grpc.RpcError as rpc_err:
-            err = from_rpc_error(rpc_err)
-            failed = _runner_failed(err)
+            err, failed = _runner_error(rpc_err)
             if failed and not started and attempt == 1:
                 log.warning("runner failed before the first token; retrying", extra={"fields": {"id": request_id}})
                 continue
-            if failed:  # a dead or restarting runner: Ollama's "runner has unexpectedly stopped"
-                err = CorralError(common_pb2.ERROR_REASON_RUNNER_FAILED, err.message, err.code)
             raise errors.from_corral(err, model.name) from rpc_err
         finally:
             call.cancel()
@@ -165,12 +168,9 @@ async def embed(
             resp = await backends.runner(lease.runner_address).Embed(request)
             return resp, lease.load_duration_ns
         except grpc.RpcError as rpc_err:
-            err = from_rpc_error(rpc_err)
-            failed = _runner_failed(err)
+            err, failed = _runner_error(rpc_err)
             if failed and attempt == 1:
                 continue
-            if failed:  # a dead or restarting runner: Ollama's "runner has unexpectedly stopped"
-                err = CorralError(common_pb2.ERROR_REASON_RUNNER_FAILED, err.message, err.code)
             raise errors.from_corral(err, model.name) from rpc_err
         finally:
             await release(backends, lease, runner_failed=failed)
