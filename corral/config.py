@@ -32,6 +32,12 @@ VARS: tuple[Var, ...] = (
     Var(
         "CORRAL_MAX_LOADED_MODELS", "0", "Models loaded at once; 0 = 3 per GPU (3 on CPU).", "OLLAMA_MAX_LOADED_MODELS"
     ),
+    Var(
+        "CORRAL_SCHED_SPREAD",
+        "",
+        "1 = spread every model over all GPUs of its runner, even when one GPU would hold it.",
+        "OLLAMA_SCHED_SPREAD",
+    ),
     Var("CORRAL_MAX_QUEUE", "512", "Requests waiting in the scheduler before 503.", "OLLAMA_MAX_QUEUE"),
     Var("CORRAL_LOAD_TIMEOUT", "5m", "Give up on a model load after this long.", "OLLAMA_LOAD_TIMEOUT"),
     Var("CORRAL_NUM_THREAD", "0", "Threads per model instance; 0 = physical cores."),
@@ -49,7 +55,11 @@ VARS: tuple[Var, ...] = (
         "",
         "Address the scheduler uses to reach this runner; empty = CORRAL_RUNNER_ADDR.",
     ),
-    Var("CORRAL_RUNNER_DEVICE", "cpu", "Device a runner drives: cpu or cuda:N."),
+    Var(
+        "CORRAL_RUNNER_DEVICE",
+        "cpu",
+        "Devices a runner drives: cpu, cuda:N, a list (cuda:0,1) or cuda (every NVIDIA GPU it sees).",
+    ),
     Var("CORRAL_RUNNER_ID", "", "Stable runner id; empty = derived from host and device."),
     Var("CORRAL_HEARTBEAT_INTERVAL", "2s", "How often runners send heartbeats."),
     Var("CORRAL_RUNNER_TIMEOUT", "10s", "A runner silent for this long is considered gone."),
@@ -122,6 +132,7 @@ class Settings:
     num_parallel: int
     max_loaded_models: int
     max_queue: int
+    sched_spread: bool
     load_timeout_seconds: float
     num_thread: int
     flash_attention: bool | None
@@ -151,6 +162,7 @@ class Settings:
             num_parallel=max(1, _int("CORRAL_NUM_PARALLEL", env)),
             max_loaded_models=_int("CORRAL_MAX_LOADED_MODELS", env),
             max_queue=_int("CORRAL_MAX_QUEUE", env),
+            sched_spread=bool(_bool_or_none(raw("CORRAL_SCHED_SPREAD", env))),
             load_timeout_seconds=parse_keep_alive(raw("CORRAL_LOAD_TIMEOUT", env), env_style=True),
             num_thread=_int("CORRAL_NUM_THREAD", env),
             flash_attention=_bool_or_none(raw("CORRAL_FLASH_ATTENTION", env)),

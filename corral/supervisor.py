@@ -62,8 +62,11 @@ class Child:
         log.info("started", extra=fields(child=self.name, pid=self.proc.pid))
 
 
-def plan(settings: Settings, runtime_dir: Path, base_env: dict[str, str]) -> list[Child]:
-    """The children to run and their environment (pure: easy to test)."""
+def plan(settings: Settings, runtime_dir: Path, base_env: dict[str, str], runner_device: str = "cpu") -> list[Child]:
+    """The children to run and their environment (pure: easy to test).
+
+    `runner_device` is the CORRAL_RUNNER_DEVICE of the one runner (`runner_devices()`).
+    """
     sock = {name: f"unix:{runtime_dir / (name + '.sock')}" for name in ("registry", "scheduler", "gateway")}
     env = dict(base_env)
     env.update(
@@ -73,21 +76,33 @@ def plan(settings: Settings, runtime_dir: Path, base_env: dict[str, str]) -> lis
         CORRAL_SCHEDULER_ADDR=sock["scheduler"],
         CORRAL_GATEWAY_HEALTH_ADDR=sock["gateway"],
     )
-    children = [Child("registry", "registry", env), Child("scheduler", "scheduler", env)]
-    for device in runner_devices():
-        tag = device.replace(":", "")
-        addr = f"unix:{runtime_dir / f'runner-{tag}.sock'}"
-        runner_env = dict(env, CORRAL_RUNNER_ADDR=addr, CORRAL_RUNNER_ADVERTISE_ADDR=addr, CORRAL_RUNNER_DEVICE=device)
-        children.append(Child(f"runner-{tag}", "runner", runner_env))
-    children.append(Child("gateway", "gateway", env))
-    return children
+    tag = runner_device.replace(":", "").replace(",", "-")  # "cpu", "cuda0", "cuda0-1"
+    addr = f"unix:{runtime_dir / f'runner-{tag}.sock'}"
+    runner_env = dict(
+        env, CORRAL_RUNNER_ADDR=addr, CORRAL_RUNNER_ADVERTISE_ADDR=addr, CORRAL_RUNNER_DEVICE=runner_device
+    )
+    return [
+        Child("registry", "registry", env),
+        Child("scheduler", "scheduler", env),
+        Child(f"runner-{tag}", "runner", runner_env),
+        Child("gateway", "gateway", env),
+    ]
 
 
-def runner_devices() -> list[str]:
-    """One runner per NVIDIA GPU, or one CPU runner when there is none."""
-    from services.runner.devices import nvidia_gpu_count
+def runner_devices(gpu_count: int | None = None) -> str:
+    """CORRAL_RUNNER_DEVICE for the host's one runner: every NVIDIA GPU ("cuda:0,1,..."),
+    else "cpu". `gpu_count` None = the GPUs NVML sees.
 
-    return [f"cuda:{i}" for i in range(nvidia_gpu_count())] or ["cpu"]
+    One runner drives all GPUs so the scheduler can place a model on one GPU or
+    spread it over several when one is not enough (Ollama spreads by default).
+    """
+    if gpu_count is None:
+        from services.runner.devices import nvidia_gpu_count
+
+        gpu_count = nvidia_gpu_count()
+    if gpu_count <= 0:
+        return "cpu"
+    return "cuda:" + ",".join(str(i) for i in range(gpu_count))
 
 
 class Supervisor:
@@ -151,7 +166,7 @@ def serve(settings: Settings) -> int:
     owned = not settings.runtime_dir
     runtime_dir = Path(settings.runtime_dir or tempfile.mkdtemp(prefix="corral-"))
     runtime_dir.mkdir(parents=True, exist_ok=True)
-    children = plan(settings, runtime_dir, dict(os.environ))
+    children = plan(settings, runtime_dir, dict(os.environ), runner_devices())
     log.info(
         "corral serve",
         extra=fields(

@@ -52,3 +52,5 @@ def test_dependencies_wait_for_health(rendered: dict) -> None:
 def test_gpu_runner_reserves_a_gpu(rendered: dict) -> None:
     devices = rendered["services"]["runner-gpu"]["deploy"]["resources"]["reservations"]["devices"]
     assert devices[0]["capabilities"] == ["gpu"] and devices[0]["driver"] == "nvidia"
+    assert devices[0]["count"] == "all"  # one runner drives them all, so it can spread a model
+    assert rendered["services"]["runner-gpu"]["environment"]["CORRAL_RUNNER_DEVICE"] == "cuda"

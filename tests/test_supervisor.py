@@ -3,7 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from corral.config import Settings
-from corral.supervisor import plan
+from corral.supervisor import plan, runner_devices
 
 
 def test_children_talk_over_sockets_in_the_runtime_dir(tmp_path: Path) -> None:
@@ -28,3 +28,24 @@ def test_two_stacks_never_share_an_address(tmp_path: Path) -> None:
     addrs_a = {v for c in a for k, v in c.env.items() if k.endswith("_ADDR")}
     addrs_b = {v for c in b for k, v in c.env.items() if k.endswith("_ADDR")}
     assert addrs_a and not addrs_a & addrs_b
+
+
+def test_one_runner_drives_every_gpu(tmp_path: Path) -> None:
+    children = plan(Settings.from_env({}), tmp_path, {}, runner_devices(2))
+    [runner] = [c for c in children if c.service == "runner"]
+    assert runner.name == "runner-cuda0-1"
+    assert runner.env["CORRAL_RUNNER_DEVICE"] == "cuda:0,1"
+    assert runner.env["CORRAL_RUNNER_ADDR"] == f"unix:{tmp_path / 'runner-cuda0-1.sock'}"
+
+
+def test_runner_devices() -> None:
+    assert runner_devices(0) == "cpu"
+    assert runner_devices(1) == "cuda:0"
+    assert runner_devices(4) == "cuda:0,1,2,3"
+    assert runner_devices() in ("cpu", "cuda:0") or runner_devices().startswith("cuda:0,")  # this host
+
+
+def test_cpu_runner_by_default(tmp_path: Path) -> None:
+    [runner] = [c for c in plan(Settings.from_env({}), tmp_path, {}) if c.service == "runner"]
+    assert (runner.name, runner.env["CORRAL_RUNNER_DEVICE"]) == ("runner-cpu", "cpu")
+    assert runner.env["CORRAL_RUNNER_ADDR"] == f"unix:{tmp_path / 'runner-cpu.sock'}"

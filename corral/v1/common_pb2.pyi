@@ -80,6 +80,14 @@ class Device(_message.Message):
     host: str
     def __init__(self, id: _Optional[str] = ..., kind: _Optional[_Union[DeviceKind, str]] = ..., index: _Optional[int] = ..., name: _Optional[str] = ..., total_memory_bytes: _Optional[int] = ..., free_memory_bytes: _Optional[int] = ..., host: _Optional[str] = ...) -> None: ...
 
+class DeviceMemory(_message.Message):
+    __slots__ = ("device_id", "bytes")
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    device_id: str
+    bytes: int
+    def __init__(self, device_id: _Optional[str] = ..., bytes: _Optional[int] = ...) -> None: ...
+
 class SamplingOptions(_message.Message):
     __slots__ = ("temperature", "top_k", "top_p", "min_p", "typical_p", "repeat_penalty", "repeat_last_n", "presence_penalty", "frequency_penalty", "seed", "num_predict", "stop", "num_keep")
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from corral.v1 import common_pb2 as corral_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x63orral/v1/runner.proto\x12\tcorral.v1\x1a\x16\x63orral/v1/common.proto\"z\n\x10LoadModelRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x12\n\nmodel_path\x18\x02 \x01(\t\x12\x14\n\x0cmodel_digest\x18\x03 \x01(\t\x12\'\n\x07options\x18\x04 \x01(\x0b\x32\x16.corral.v1.LoadOptions\"\x98\x01\n\x11LoadModelResponse\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x16\n\x0e\x63ontext_length\x18\x02 \x01(\x05\x12\x14\n\x0cnum_parallel\x18\x03 \x01(\x05\x12&\n\x06memory\x18\x04 \x01(\x0b\x32\x16.corral.v1.MemoryUsage\x12\x18\n\x10load_duration_ns\x18\x05 \x01(\x03\"{\n\x0bMemoryUsage\x12\x15\n\rweights_bytes\x18\x01 \x01(\x04\x12\x16\n\x0ekv_cache_bytes\x18\x02 \x01(\x04\x12\x15\n\rcompute_bytes\x18\x03 \x01(\x04\x12\x11\n\tgpu_bytes\x18\x04 \x01(\x04\x12\x13\n\x0btotal_bytes\x18\x05 \x01(\x04\")\n\x12UnloadModelRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\"\'\n\x13UnloadModelResponse\x12\x10\n\x08unloaded\x18\x01 \x01(\x08\"\x80\x02\n\x0fGenerateRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x15\n\rprompt_tokens\x18\x03 \x03(\x05\x12,\n\x08sampling\x18\x04 \x01(\x0b\x32\x1a.corral.v1.SamplingOptions\x12\x0f\n\x07grammar\x18\x05 \x01(\t\x12\x10\n\x08logprobs\x18\x06 \x01(\x08\x12\x14\n\x0ctop_logprobs\x18\x07 \x01(\x05\x12\x0f\n\x07\x61\x64\x64_bos\x18\x08 \x01(\x08\x12\x12\n\nrequest_id\x18\t \x01(\t\x12\x13\n\x0bjson_schema\x18\n \x01(\t\x12\x10\n\x08truncate\x18\x0b \x01(\x08\"=\n\x0cTokenLogprob\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\x12\r\n\x05\x62ytes\x18\x03 \x01(\x0c\"b\n\x10PositionLogprobs\x12(\n\x07sampled\x18\x01 \x01(\x0b\x32\x17.corral.v1.TokenLogprob\x12$\n\x03top\x18\x02 \x03(\x0b\x32\x17.corral.v1.TokenLogprob\"\xc7\x01\n\x10GenerateResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\x05\x12\x0c\n\x04\x64one\x18\x03 \x01(\x08\x12*\n\x0b\x64one_reason\x18\x04 \x01(\x0e\x32\x15.corral.v1.DoneReason\x12)\n\x05stats\x18\x05 \x01(\x0b\x32\x1a.corral.v1.GenerationStats\x12-\n\x08logprobs\x18\x06 \x03(\x0b\x32\x1b.corral.v1.PositionLogprobs\"L\n\nEmbedInput\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12%\n\x06tokens\x18\x02 \x01(\x0b\x32\x13.corral.v1.TokenIdsH\x00\x42\x07\n\x05input\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\x05\"\x83\x01\n\x0c\x45mbedRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12%\n\x06inputs\x18\x02 \x03(\x0b\x32\x15.corral.v1.EmbedInput\x12\x10\n\x08truncate\x18\x03 \x01(\x08\x12\x11\n\tnormalize\x18\x04 \x01(\x08\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"\x1b\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\"T\n\rEmbedResponse\x12(\n\nembeddings\x18\x01 \x03(\x0b\x32\x14.corral.v1.Embedding\x12\x19\n\x11prompt_eval_count\x18\x02 \x01(\x05\"`\n\x0fTokenizeRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x13\n\x0b\x61\x64\x64_special\x18\x03 \x01(\x08\x12\x15\n\rparse_special\x18\x04 \x01(\x08\"\"\n\x10TokenizeResponse\x12\x0e\n\x06tokens\x18\x01 \x03(\x05\"8\n\x11\x44\x65tokenizeRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x0e\n\x06tokens\x18\x02 \x03(\x05\"\"\n\x12\x44\x65tokenizeResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\"\x12\n\x10GetStatusRequest\"\xea\x01\n\x0eInstanceStatus\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x12\n\nmodel_path\x18\x02 \x01(\t\x12&\n\x06memory\x18\x03 \x01(\x0b\x32\x16.corral.v1.MemoryUsage\x12\x16\n\x0e\x63ontext_length\x18\x04 \x01(\x05\x12\x14\n\x0cnum_parallel\x18\x05 \x01(\x05\x12\x18\n\x10\x61\x63tive_sequences\x18\x06 \x01(\x05\x12\x17\n\x0fqueued_requests\x18\x07 \x01(\x05\x12\x0f\n\x07loading\x18\x08 \x01(\x08\x12\x15\n\rload_progress\x18\t \x01(\x02\"w\n\x11GetStatusResponse\x12\x11\n\trunner_id\x18\x01 \x01(\t\x12!\n\x06\x64\x65vice\x18\x02 \x01(\x0b\x32\x11.corral.v1.Device\x12,\n\tinstances\x18\x03 \x03(\x0b\x32\x19.corral.v1.InstanceStatus2\x80\x04\n\rRunnerService\x12\x46\n\tLoadModel\x12\x1b.corral.v1.LoadModelRequest\x1a\x1c.corral.v1.LoadModelResponse\x12L\n\x0bUnloadModel\x12\x1d.corral.v1.UnloadModelRequest\x1a\x1e.corral.v1.UnloadModelResponse\x12\x45\n\x08Generate\x12\x1a.corral.v1.GenerateRequest\x1a\x1b.corral.v1.GenerateResponse0\x01\x12:\n\x05\x45mbed\x12\x17.corral.v1.EmbedRequest\x1a\x18.corral.v1.EmbedResponse\x12\x43\n\x08Tokenize\x12\x1a.corral.v1.TokenizeRequest\x1a\x1b.corral.v1.TokenizeResponse\x12I\n\nDetokenize\x12\x1c.corral.v1.DetokenizeRequest\x1a\x1d.corral.v1.DetokenizeResponse\x12\x46\n\tGetStatus\x12\x1b.corral.v1.GetStatusRequest\x1a\x1c.corral.v1.GetStatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x63orral/v1/runner.proto\x12\tcorral.v1\x1a\x16\x63orral/v1/common.proto\"z\n\x10LoadModelRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x12\n\nmodel_path\x18\x02 \x01(\t\x12\x14\n\x0cmodel_digest\x18\x03 \x01(\t\x12\'\n\x07options\x18\x04 \x01(\x0b\x32\x16.corral.v1.LoadOptions\"\x98\x01\n\x11LoadModelResponse\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x16\n\x0e\x63ontext_length\x18\x02 \x01(\x05\x12\x14\n\x0cnum_parallel\x18\x03 \x01(\x05\x12&\n\x06memory\x18\x04 \x01(\x0b\x32\x16.corral.v1.MemoryUsage\x12\x18\n\x10load_duration_ns\x18\x05 \x01(\x03\"\xa5\x01\n\x0bMemoryUsage\x12\x15\n\rweights_bytes\x18\x01 \x01(\x04\x12\x16\n\x0ekv_cache_bytes\x18\x02 \x01(\x04\x12\x15\n\rcompute_bytes\x18\x03 \x01(\x04\x12\x11\n\tgpu_bytes\x18\x04 \x01(\x04\x12\x13\n\x0btotal_bytes\x18\x05 \x01(\x04\x12(\n\x07\x64\x65vices\x18\x06 \x03(\x0b\x32\x17.corral.v1.DeviceMemory\")\n\x12UnloadModelRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\"\'\n\x13UnloadModelResponse\x12\x10\n\x08unloaded\x18\x01 \x01(\x08\"\x80\x02\n\x0fGenerateRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x15\n\rprompt_tokens\x18\x03 \x03(\x05\x12,\n\x08sampling\x18\x04 \x01(\x0b\x32\x1a.corral.v1.SamplingOptions\x12\x0f\n\x07grammar\x18\x05 \x01(\t\x12\x10\n\x08logprobs\x18\x06 \x01(\x08\x12\x14\n\x0ctop_logprobs\x18\x07 \x01(\x05\x12\x0f\n\x07\x61\x64\x64_bos\x18\x08 \x01(\x08\x12\x12\n\nrequest_id\x18\t \x01(\t\x12\x13\n\x0bjson_schema\x18\n \x01(\t\x12\x10\n\x08truncate\x18\x0b \x01(\x08\"=\n\x0cTokenLogprob\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\x12\r\n\x05\x62ytes\x18\x03 \x01(\x0c\"b\n\x10PositionLogprobs\x12(\n\x07sampled\x18\x01 \x01(\x0b\x32\x17.corral.v1.TokenLogprob\x12$\n\x03top\x18\x02 \x03(\x0b\x32\x17.corral.v1.TokenLogprob\"\xc7\x01\n\x10GenerateResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\x05\x12\x0c\n\x04\x64one\x18\x03 \x01(\x08\x12*\n\x0b\x64one_reason\x18\x04 \x01(\x0e\x32\x15.corral.v1.DoneReason\x12)\n\x05stats\x18\x05 \x01(\x0b\x32\x1a.corral.v1.GenerationStats\x12-\n\x08logprobs\x18\x06 \x03(\x0b\x32\x1b.corral.v1.PositionLogprobs\"L\n\nEmbedInput\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12%\n\x06tokens\x18\x02 \x01(\x0b\x32\x13.corral.v1.TokenIdsH\x00\x42\x07\n\x05input\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\x05\"\x83\x01\n\x0c\x45mbedRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12%\n\x06inputs\x18\x02 \x03(\x0b\x32\x15.corral.v1.EmbedInput\x12\x10\n\x08truncate\x18\x03 \x01(\x08\x12\x11\n\tnormalize\x18\x04 \x01(\x08\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"\x1b\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\"T\n\rEmbedResponse\x12(\n\nembeddings\x18\x01 \x03(\x0b\x32\x14.corral.v1.Embedding\x12\x19\n\x11prompt_eval_count\x18\x02 \x01(\x05\"`\n\x0fTokenizeRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x13\n\x0b\x61\x64\x64_special\x18\x03 \x01(\x08\x12\x15\n\rparse_special\x18\x04 \x01(\x08\"\"\n\x10TokenizeResponse\x12\x0e\n\x06tokens\x18\x01 \x03(\x05\"8\n\x11\x44\x65tokenizeRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x0e\n\x06tokens\x18\x02 \x03(\x05\"\"\n\x12\x44\x65tokenizeResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\"\x12\n\x10GetStatusRequest\"\xea\x01\n\x0eInstanceStatus\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x12\n\nmodel_path\x18\x02 \x01(\t\x12&\n\x06memory\x18\x03 \x01(\x0b\x32\x16.corral.v1.MemoryUsage\x12\x16\n\x0e\x63ontext_length\x18\x04 \x01(\x05\x12\x14\n\x0cnum_parallel\x18\x05 \x01(\x05\x12\x18\n\x10\x61\x63tive_sequences\x18\x06 \x01(\x05\x12\x17\n\x0fqueued_requests\x18\x07 \x01(\x05\x12\x0f\n\x07loading\x18\x08 \x01(\x08\x12\x15\n\rload_progress\x18\t \x01(\x02\"\x86\x01\n\x11GetStatusResponse\x12\x11\n\trunner_id\x18\x01 \x01(\t\x12,\n\tinstances\x18\x03 \x03(\x0b\x32\x19.corral.v1.InstanceStatus\x12\"\n\x07\x64\x65vices\x18\x04 \x03(\x0b\x32\x11.corral.v1.DeviceJ\x04\x08\x02\x10\x03R\x06\x64\x65vice2\x80\x04\n\rRunnerService\x12\x46\n\tLoadModel\x12\x1b.corral.v1.LoadModelRequest\x1a\x1c.corral.v1.LoadModelResponse\x12L\n\x0bUnloadModel\x12\x1d.corral.v1.UnloadModelRequest\x1a\x1e.corral.v1.UnloadModelResponse\x12\x45\n\x08Generate\x12\x1a.corral.v1.GenerateRequest\x1a\x1b.corral.v1.GenerateResponse0\x01\x12:\n\x05\x45mbed\x12\x17.corral.v1.EmbedRequest\x1a\x18.corral.v1.EmbedResponse\x12\x43\n\x08Tokenize\x12\x1a.corral.v1.TokenizeRequest\x1a\x1b.corral.v1.TokenizeResponse\x12I\n\nDetokenize\x12\x1c.corral.v1.DetokenizeRequest\x1a\x1d.corral.v1.DetokenizeResponse\x12\x46\n\tGetStatus\x12\x1b.corral.v1.GetStatusRequest\x1a\x1c.corral.v1.GetStatusResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,44 +36,44 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LOADMODELREQUEST']._serialized_end=183
   _globals['_LOADMODELRESPONSE']._serialized_start=186
   _globals['_LOADMODELRESPONSE']._serialized_end=338
-  _globals['_MEMORYUSAGE']._serialized_start=340
-  _globals['_MEMORYUSAGE']._serialized_end=463
-  _globals['_UNLOADMODELREQUEST']._serialized_start=465
-  _globals['_UNLOADMODELREQUEST']._serialized_end=506
-  _globals['_UNLOADMODELRESPONSE']._serialized_start=508
-  _globals['_UNLOADMODELRESPONSE']._serialized_end=547
-  _globals['_GENERATEREQUEST']._serialized_start=550
-  _globals['_GENERATEREQUEST']._serialized_end=806
-  _globals['_TOKENLOGPROB']._serialized_start=808
-  _globals['_TOKENLOGPROB']._serialized_end=869
-  _globals['_POSITIONLOGPROBS']._serialized_start=871
-  _globals['_POSITIONLOGPROBS']._serialized_end=969
-  _globals['_GENERATERESPONSE']._serialized_start=972
-  _globals['_GENERATERESPONSE']._serialized_end=1171
-  _globals['_EMBEDINPUT']._serialized_start=1173
-  _globals['_EMBEDINPUT']._serialized_end=1249
-  _globals['_TOKENIDS']._serialized_start=1251
-  _globals['_TOKENIDS']._serialized_end=1274
-  _globals['_EMBEDREQUEST']._serialized_start=1277
-  _globals['_EMBEDREQUEST']._serialized_end=1408
-  _globals['_EMBEDDING']._serialized_start=1410
-  _globals['_EMBEDDING']._serialized_end=1437
-  _globals['_EMBEDRESPONSE']._serialized_start=1439
-  _globals['_EMBEDRESPONSE']._serialized_end=1523
-  _globals['_TOKENIZEREQUEST']._serialized_start=1525
-  _globals['_TOKENIZEREQUEST']._serialized_end=1621
-  _globals['_TOKENIZERESPONSE']._serialized_start=1623
-  _globals['_TOKENIZERESPONSE']._serialized_end=1657
-  _globals['_DETOKENIZEREQUEST']._serialized_start=1659
-  _globals['_DETOKENIZEREQUEST']._serialized_end=1715
-  _globals['_DETOKENIZERESPONSE']._serialized_start=1717
-  _globals['_DETOKENIZERESPONSE']._serialized_end=1751
-  _globals['_GETSTATUSREQUEST']._serialized_start=1753
-  _globals['_GETSTATUSREQUEST']._serialized_end=1771
-  _globals['_INSTANCESTATUS']._serialized_start=1774
-  _globals['_INSTANCESTATUS']._serialized_end=2008
-  _globals['_GETSTATUSRESPONSE']._serialized_start=2010
-  _globals['_GETSTATUSRESPONSE']._serialized_end=2129
-  _globals['_RUNNERSERVICE']._serialized_start=2132
-  _globals['_RUNNERSERVICE']._serialized_end=2644
+  _globals['_MEMORYUSAGE']._serialized_start=341
+  _globals['_MEMORYUSAGE']._serialized_end=506
+  _globals['_UNLOADMODELREQUEST']._serialized_start=508
+  _globals['_UNLOADMODELREQUEST']._serialized_end=549
+  _globals['_UNLOADMODELRESPONSE']._serialized_start=551
+  _globals['_UNLOADMODELRESPONSE']._serialized_end=590
+  _globals['_GENERATEREQUEST']._serialized_start=593
+  _globals['_GENERATEREQUEST']._serialized_end=849
+  _globals['_TOKENLOGPROB']._serialized_start=851
+  _globals['_TOKENLOGPROB']._serialized_end=912
+  _globals['_POSITIONLOGPROBS']._serialized_start=914
+  _globals['_POSITIONLOGPROBS']._serialized_end=1012
+  _globals['_GENERATERESPONSE']._serialized_start=1015
+  _globals['_GENERATERESPONSE']._serialized_end=1214
+  _globals['_EMBEDINPUT']._serialized_start=1216
+  _globals['_EMBEDINPUT']._serialized_end=1292
+  _globals['_TOKENIDS']._serialized_start=1294
+  _globals['_TOKENIDS']._serialized_end=1317
+  _globals['_EMBEDREQUEST']._serialized_start=1320
+  _globals['_EMBEDREQUEST']._serialized_end=1451
+  _globals['_EMBEDDING']._serialized_start=1453
+  _globals['_EMBEDDING']._serialized_end=1480
+  _globals['_EMBEDRESPONSE']._serialized_start=1482
+  _globals['_EMBEDRESPONSE']._serialized_end=1566
+  _globals['_TOKENIZEREQUEST']._serialized_start=1568
+  _globals['_TOKENIZEREQUEST']._serialized_end=1664
+  _globals['_TOKENIZERESPONSE']._serialized_start=1666
+  _globals['_TOKENIZERESPONSE']._serialized_end=1700
+  _globals['_DETOKENIZEREQUEST']._serialized_start=1702
+  _globals['_DETOKENIZEREQUEST']._serialized_end=1758
+  _globals['_DETOKENIZERESPONSE']._serialized_start=1760
+  _globals['_DETOKENIZERESPONSE']._serialized_end=1794
+  _globals['_GETSTATUSREQUEST']._serialized_start=1796
+  _globals['_GETSTATUSREQUEST']._serialized_end=1814
+  _globals['_INSTANCESTATUS']._serialized_start=1817
+  _globals['_INSTANCESTATUS']._serialized_end=2051
+  _globals['_GETSTATUSRESPONSE']._serialized_start=2054
+  _globals['_GETSTATUSRESPONSE']._serialized_end=2188
+  _globals['_RUNNERSERVICE']._serialized_start=2191
+  _globals['_RUNNERSERVICE']._serialized_end=2703
 # @@protoc_insertion_point(module_scope)

@@ -34,18 +34,20 @@ class LoadModelResponse(_message.Message):
     def __init__(self, instance_id: _Optional[str] = ..., context_length: _Optional[int] = ..., num_parallel: _Optional[int] = ..., memory: _Optional[_Union[MemoryUsage, _Mapping]] = ..., load_duration_ns: _Optional[int] = ...) -> None: ...
 
 class MemoryUsage(_message.Message):
-    __slots__ = ("weights_bytes", "kv_cache_bytes", "compute_bytes", "gpu_bytes", "total_bytes")
+    __slots__ = ("weights_bytes", "kv_cache_bytes", "compute_bytes", "gpu_bytes", "total_bytes", "devices")
     WEIGHTS_BYTES_FIELD_NUMBER: _ClassVar[int]
     KV_CACHE_BYTES_FIELD_NUMBER: _ClassVar[int]
     COMPUTE_BYTES_FIELD_NUMBER: _ClassVar[int]
     GPU_BYTES_FIELD_NUMBER: _ClassVar[int]
     TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DEVICES_FIELD_NUMBER: _ClassVar[int]
     weights_bytes: int
     kv_cache_bytes: int
     compute_bytes: int
     gpu_bytes: int
     total_bytes: int
-    def __init__(self, weights_bytes: _Optional[int] = ..., kv_cache_bytes: _Optional[int] = ..., compute_bytes: _Optional[int] = ..., gpu_bytes: _Optional[int] = ..., total_bytes: _Optional[int] = ...) -> None: ...
+    devices: _containers.RepeatedCompositeFieldContainer[_common_pb2.DeviceMemory]
+    def __init__(self, weights_bytes: _Optional[int] = ..., kv_cache_bytes: _Optional[int] = ..., compute_bytes: _Optional[int] = ..., gpu_bytes: _Optional[int] = ..., total_bytes: _Optional[int] = ..., devices: _Optional[_Iterable[_Union[_common_pb2.DeviceMemory, _Mapping]]] = ...) -> None: ...
 
 class UnloadModelRequest(_message.Message):
     __slots__ = ("instance_id",)
@@ -220,11 +222,11 @@ class InstanceStatus(_message.Message):
     def __init__(self, instance_id: _Optional[str] = ..., model_path: _Optional[str] = ..., memory: _Optional[_Union[MemoryUsage, _Mapping]] = ..., context_length: _Optional[int] = ..., num_parallel: _Optional[int] = ..., active_sequences: _Optional[int] = ..., queued_requests: _Optional[int] = ..., loading: _Optional[bool] = ..., load_progress: _Optional[float] = ...) -> None: ...
 
 class GetStatusResponse(_message.Message):
-    __slots__ = ("runner_id", "device", "instances")
+    __slots__ = ("runner_id", "instances", "devices")
     RUNNER_ID_FIELD_NUMBER: _ClassVar[int]
-    DEVICE_FIELD_NUMBER: _ClassVar[int]
     INSTANCES_FIELD_NUMBER: _ClassVar[int]
+    DEVICES_FIELD_NUMBER: _ClassVar[int]
     runner_id: str
-    device: _common_pb2.Device
     instances: _containers.RepeatedCompositeFieldContainer[InstanceStatus]
-    def __init__(self, runner_id: _Optional[str] = ..., device: _Optional[_Union[_common_pb2.Device, _Mapping]] = ..., instances: _Optional[_Iterable[_Union[InstanceStatus, _Mapping]]] = ...) -> None: ...
+    devices: _containers.RepeatedCompositeFieldContainer[_common_pb2.Device]
+    def __init__(self, runner_id: _Optional[str] = ..., instances: _Optional[_Iterable[_Union[InstanceStatus, _Mapping]]] = ..., devices: _Optional[_Iterable[_Union[_common_pb2.Device, _Mapping]]] = ...) -> None: ...

@@ -11,14 +11,14 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class RegisterRunnerRequest(_message.Message):
-    __slots__ = ("runner_id", "address", "device")
+    __slots__ = ("runner_id", "address", "devices")
     RUNNER_ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
-    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    DEVICES_FIELD_NUMBER: _ClassVar[int]
     runner_id: str
     address: str
-    device: _common_pb2.Device
-    def __init__(self, runner_id: _Optional[str] = ..., address: _Optional[str] = ..., device: _Optional[_Union[_common_pb2.Device, _Mapping]] = ...) -> None: ...
+    devices: _containers.RepeatedCompositeFieldContainer[_common_pb2.Device]
+    def __init__(self, runner_id: _Optional[str] = ..., address: _Optional[str] = ..., devices: _Optional[_Iterable[_Union[_common_pb2.Device, _Mapping]]] = ...) -> None: ...
 
 class RegisterRunnerResponse(_message.Message):
     __slots__ = ("heartbeat_interval_ms",)
@@ -27,14 +27,14 @@ class RegisterRunnerResponse(_message.Message):
     def __init__(self, heartbeat_interval_ms: _Optional[int] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
-    __slots__ = ("runner_id", "device", "instance_ids")
+    __slots__ = ("runner_id", "instance_ids", "devices")
     RUNNER_ID_FIELD_NUMBER: _ClassVar[int]
-    DEVICE_FIELD_NUMBER: _ClassVar[int]
     INSTANCE_IDS_FIELD_NUMBER: _ClassVar[int]
+    DEVICES_FIELD_NUMBER: _ClassVar[int]
     runner_id: str
-    device: _common_pb2.Device
     instance_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, runner_id: _Optional[str] = ..., device: _Optional[_Union[_common_pb2.Device, _Mapping]] = ..., instance_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    devices: _containers.RepeatedCompositeFieldContainer[_common_pb2.Device]
+    def __init__(self, runner_id: _Optional[str] = ..., instance_ids: _Optional[_Iterable[str]] = ..., devices: _Optional[_Iterable[_Union[_common_pb2.Device, _Mapping]]] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
     __slots__ = ("known",)
@@ -159,7 +159,7 @@ class ListLoadedModelsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class LoadedModel(_message.Message):
-    __slots__ = ("name", "manifest_digest", "details", "size_bytes", "size_vram_bytes", "expires_at", "context_length", "runner_id", "active_leases")
+    __slots__ = ("name", "manifest_digest", "details", "size_bytes", "size_vram_bytes", "expires_at", "context_length", "runner_id", "active_leases", "devices")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MANIFEST_DIGEST_FIELD_NUMBER: _ClassVar[int]
     DETAILS_FIELD_NUMBER: _ClassVar[int]
@@ -169,6 +169,7 @@ class LoadedModel(_message.Message):
     CONTEXT_LENGTH_FIELD_NUMBER: _ClassVar[int]
     RUNNER_ID_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_LEASES_FIELD_NUMBER: _ClassVar[int]
+    DEVICES_FIELD_NUMBER: _ClassVar[int]
     name: str
     manifest_digest: str
     details: ModelDetails
@@ -178,7 +179,8 @@ class LoadedModel(_message.Message):
     context_length: int
     runner_id: str
     active_leases: int
-    def __init__(self, name: _Optional[str] = ..., manifest_digest: _Optional[str] = ..., details: _Optional[_Union[ModelDetails, _Mapping]] = ..., size_bytes: _Optional[int] = ..., size_vram_bytes: _Optional[int] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., context_length: _Optional[int] = ..., runner_id: _Optional[str] = ..., active_leases: _Optional[int] = ...) -> None: ...
+    devices: _containers.RepeatedCompositeFieldContainer[_common_pb2.DeviceMemory]
+    def __init__(self, name: _Optional[str] = ..., manifest_digest: _Optional[str] = ..., details: _Optional[_Union[ModelDetails, _Mapping]] = ..., size_bytes: _Optional[int] = ..., size_vram_bytes: _Optional[int] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., context_length: _Optional[int] = ..., runner_id: _Optional[str] = ..., active_leases: _Optional[int] = ..., devices: _Optional[_Iterable[_Union[_common_pb2.DeviceMemory, _Mapping]]] = ...) -> None: ...
 
 class ListLoadedModelsResponse(_message.Message):
     __slots__ = ("models",)
@@ -191,20 +193,26 @@ class GetInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class RunnerInfo(_message.Message):
-    __slots__ = ("runner_id", "address", "device", "loaded_models", "allocated_bytes", "available_bytes")
+    __slots__ = ("runner_id", "address", "loaded_models", "devices")
     RUNNER_ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
-    DEVICE_FIELD_NUMBER: _ClassVar[int]
     LOADED_MODELS_FIELD_NUMBER: _ClassVar[int]
-    ALLOCATED_BYTES_FIELD_NUMBER: _ClassVar[int]
-    AVAILABLE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DEVICES_FIELD_NUMBER: _ClassVar[int]
     runner_id: str
     address: str
-    device: _common_pb2.Device
     loaded_models: int
+    devices: _containers.RepeatedCompositeFieldContainer[DeviceUsage]
+    def __init__(self, runner_id: _Optional[str] = ..., address: _Optional[str] = ..., loaded_models: _Optional[int] = ..., devices: _Optional[_Iterable[_Union[DeviceUsage, _Mapping]]] = ...) -> None: ...
+
+class DeviceUsage(_message.Message):
+    __slots__ = ("device", "allocated_bytes", "available_bytes")
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    ALLOCATED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    AVAILABLE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    device: _common_pb2.Device
     allocated_bytes: int
     available_bytes: int
-    def __init__(self, runner_id: _Optional[str] = ..., address: _Optional[str] = ..., device: _Optional[_Union[_common_pb2.Device, _Mapping]] = ..., loaded_models: _Optional[int] = ..., allocated_bytes: _Optional[int] = ..., available_bytes: _Optional[int] = ...) -> None: ...
+    def __init__(self, device: _Optional[_Union[_common_pb2.Device, _Mapping]] = ..., allocated_bytes: _Optional[int] = ..., available_bytes: _Optional[int] = ...) -> None: ...
 
 class GetInfoResponse(_message.Message):
     __slots__ = ("runners", "max_loaded_models", "max_queue", "num_parallel", "default_context_length", "default_keep_alive_seconds", "queued_requests")

@@ -37,7 +37,8 @@ class Runner:
         self._load_lock = asyncio.Lock()
         self._background: set[asyncio.Task[None]] = set()
 
-    def device(self) -> DeviceInfo:
+    def devices(self) -> list[DeviceInfo]:
+        """The runner's devices with current memory figures, in the runner's order."""
         return self.probe.probe()
 
     def instance_ids(self) -> list[str]:

@@ -1,6 +1,9 @@
-"""What device a runner drives and how much memory it has right now.
+"""Which devices a runner drives and how much memory they have right now.
 
-`probe_for("cpu" | "cuda:N")` picks a probe; tests inject their own `DeviceProbe`.
+`probe_for("cpu" | "cuda:N" | "cuda:0,1" | "cuda")` picks a probe; tests inject
+their own `DeviceProbe`. A runner drives either the CPU or one or more NVIDIA
+GPUs of its host; the order of its devices is the order it lists them in, which
+is also their CUDA ordinal order once `cuda_env` is applied.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import os
 import platform
 import socket
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -21,7 +25,7 @@ from corral.v1 import common_pb2
 
 @dataclass(frozen=True)
 class DeviceInfo:
-    """Plain mirror of common_pb2.Device."""
+    """Plain mirror of common_pb2.Device, plus the GPU's NVML UUID (not sent over the proto)."""
 
     id: str
     kind: str  # "cpu" or "cuda"
@@ -30,6 +34,7 @@ class DeviceInfo:
     total_memory_bytes: int
     free_memory_bytes: int
     host: str
+    uuid: str = ""  # "GPU-..." for CUDA devices; "" for the CPU
 
     def to_proto(self) -> common_pb2.Device:
         kind = common_pb2.DEVICE_KIND_CUDA if self.kind == "cuda" else common_pb2.DEVICE_KIND_CPU
@@ -45,11 +50,16 @@ class DeviceInfo:
 
 
 class DeviceProbe(Protocol):
-    """Reports the device's current figures; `close` releases driver handles."""
+    """Reports the current figures of the runner's devices, in the runner's order;
+    `close` releases driver handles."""
 
-    def probe(self) -> DeviceInfo: ...
+    def probe(self) -> list[DeviceInfo]: ...
 
     def close(self) -> None: ...
+
+
+def _invalid(msg: str) -> CorralError:
+    return CorralError(common_pb2.ERROR_REASON_INVALID_ARGUMENT, msg)
 
 
 def cpu_model_name() -> str:
@@ -70,69 +80,90 @@ class CpuProbe:
     def __init__(self) -> None:
         self._name = cpu_model_name()
 
-    def probe(self) -> DeviceInfo:
+    def probe(self) -> list[DeviceInfo]:
         mem = psutil.virtual_memory()
-        return DeviceInfo(
-            id="cpu",
-            kind="cpu",
-            index=0,
-            name=self._name,
-            total_memory_bytes=int(mem.total),
-            free_memory_bytes=int(mem.available),
-            host=socket.gethostname(),
-        )
+        return [
+            DeviceInfo(
+                id="cpu",
+                kind="cpu",
+                index=0,
+                name=self._name,
+                total_memory_bytes=int(mem.total),
+                free_memory_bytes=int(mem.available),
+                host=socket.gethostname(),
+            )
+        ]
 
     def close(self) -> None:
         pass
 
 
-class NvmlProbe:
-    """One NVIDIA GPU through NVML (the `pynvml` module of nvidia-ml-py)."""
+def _text(value: Any) -> str:
+    """NVML strings are bytes in old nvidia-ml-py releases, str in new ones."""
+    return value.decode() if isinstance(value, bytes) else str(value)
 
-    def __init__(self, index: int) -> None:
+
+class NvmlProbe:
+    """NVIDIA GPUs through NVML (the `pynvml` module of nvidia-ml-py), one nvmlInit for all.
+
+    `indices` are NVML indices in the runner's order; None = every GPU NVML sees.
+    """
+
+    def __init__(self, indices: Sequence[int] | None = None) -> None:
         try:
             import pynvml
         except ImportError as exc:  # pragma: no cover - dependency of the project
-            raise CorralError(common_pb2.ERROR_REASON_INVALID_ARGUMENT, "nvidia-ml-py is not installed") from exc
+            raise _invalid("nvidia-ml-py is not installed") from exc
         self._nvml: Any = pynvml
         self._lock = threading.Lock()
+        wanted = ", ".join(f"cuda:{i}" for i in indices) if indices else "cuda"
         try:
             pynvml.nvmlInit()
         except pynvml.NVMLError as exc:
-            raise CorralError(
-                common_pb2.ERROR_REASON_INVALID_ARGUMENT,
-                f"cannot use cuda:{index}: NVIDIA driver not available ({exc})",
-            ) from exc
+            raise _invalid(f"cannot use {wanted}: NVIDIA driver not available ({exc})") from exc
         self._open = True
         try:
-            count = pynvml.nvmlDeviceGetCount()
-            if not 0 <= index < count:
-                raise CorralError(
-                    common_pb2.ERROR_REASON_INVALID_ARGUMENT,
-                    f"cuda:{index} does not exist ({count} NVIDIA GPU(s) found)",
-                )
-            self._handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-            name = pynvml.nvmlDeviceGetName(self._handle)
+            self._gpus = self._open_gpus(indices)
         except BaseException:
             self.close()
             raise
-        self._index = index
-        self._name = name.decode() if isinstance(name, bytes) else str(name)
 
-    def probe(self) -> DeviceInfo:
+    def _open_gpus(self, indices: Sequence[int] | None) -> list[tuple[int, Any, str, str]]:
+        """(index, handle, name, uuid) of each GPU; a missing index is an error."""
+        nvml = self._nvml
+        count = int(nvml.nvmlDeviceGetCount())
+        if indices is None:
+            if count == 0:
+                raise _invalid("cuda: no NVIDIA GPU found")
+            indices = range(count)
+        for index in indices:
+            if not 0 <= index < count:
+                raise _invalid(f"cuda:{index} does not exist ({count} NVIDIA GPU(s) found)")
+        gpus = []
+        for index in indices:
+            handle = nvml.nvmlDeviceGetHandleByIndex(index)
+            gpus.append((index, handle, _text(nvml.nvmlDeviceGetName(handle)), _text(nvml.nvmlDeviceGetUUID(handle))))
+        return gpus
+
+    def probe(self) -> list[DeviceInfo]:
+        host = socket.gethostname()
         with self._lock:
             if not self._open:
                 raise RuntimeError("NVML probe is closed")
-            mem = self._nvml.nvmlDeviceGetMemoryInfo(self._handle)
-        return DeviceInfo(
-            id=f"cuda:{self._index}",
-            kind="cuda",
-            index=self._index,
-            name=self._name,
-            total_memory_bytes=int(mem.total),
-            free_memory_bytes=int(mem.free),
-            host=socket.gethostname(),
-        )
+            mems = [self._nvml.nvmlDeviceGetMemoryInfo(handle) for _i, handle, _n, _u in self._gpus]
+        return [
+            DeviceInfo(
+                id=f"cuda:{index}",
+                kind="cuda",
+                index=index,
+                name=name,
+                total_memory_bytes=int(mem.total),
+                free_memory_bytes=int(mem.free),
+                host=host,
+                uuid=uuid,
+            )
+            for (index, _h, name, uuid), mem in zip(self._gpus, mems, strict=True)
+        ]
 
     def close(self) -> None:
         with self._lock:
@@ -159,22 +190,74 @@ def nvidia_gpu_count() -> int:
             pynvml.nvmlShutdown()
 
 
-def parse_device(device: str) -> tuple[str, int]:
-    """("cpu", 0) for "cpu"; ("cuda", N) for "cuda:N" (bare "cuda" means cuda:0)."""
-    value = device.strip().lower()
-    if value == "cpu":
-        return "cpu", 0
-    kind, _, idx = value.partition(":")
-    if kind == "cuda" and (idx == "" or idx.isdigit()):
-        return "cuda", int(idx or 0)
-    raise CorralError(common_pb2.ERROR_REASON_INVALID_ARGUMENT, f"unknown runner device {device!r}; use cpu or cuda:N")
+_USAGE = "use cpu, cuda:N, a list such as cuda:0,1, or cuda for every GPU"
+
+
+def _cuda_index(item: str, first: bool, device: str) -> int:
+    """The N of "cuda:N" (any item) or "N" (items after the first)."""
+    if item.startswith("cuda:"):
+        item = item[len("cuda:") :].strip()
+    elif first:
+        raise _invalid(f"unknown runner device {device!r}; {_USAGE}")
+    if not item.isdigit():
+        raise _invalid(f"unknown runner device {device!r}; {_USAGE}")
+    return int(item)
+
+
+def parse_device(device: str) -> tuple[str, tuple[int, ...] | None]:
+    """What CORRAL_RUNNER_DEVICE names, in the runner's order.
+
+    "cpu" -> ("cpu", ()); "cuda:1" -> ("cuda", (1,)); "cuda:0,1" and "cuda:0,cuda:1" ->
+    ("cuda", (0, 1)); bare "cuda" -> ("cuda", None), every GPU NVML sees (the probe
+    resolves it). Existence of the GPUs is checked by `NvmlProbe`.
+    """
+    items = [item.strip() for item in device.strip().lower().split(",")]
+    if items == ["cpu"]:
+        return "cpu", ()
+    if items == ["cuda"]:
+        return "cuda", None
+    if "cpu" in items:
+        if all(item == "cpu" for item in items):
+            raise _invalid(f"runner device {device!r} names cpu more than once")
+        raise _invalid(f"runner device {device!r} mixes cpu and cuda; a runner drives the CPU or GPUs")
+    if "cuda" in items:
+        raise _invalid(f"runner device {device!r}: bare cuda means every GPU and cannot be part of a list")
+    indices = tuple(_cuda_index(item, i == 0, device) for i, item in enumerate(items))
+    dup = sorted({i for i in indices if indices.count(i) > 1})
+    if dup:
+        raise _invalid(f"runner device {device!r} names cuda:{dup[0]} more than once")
+    return "cuda", indices
 
 
 def probe_for(device: str) -> DeviceProbe:
-    kind, index = parse_device(device)
+    kind, indices = parse_device(device)
     if kind == "cpu":
         return CpuProbe()
-    return NvmlProbe(index)
+    return NvmlProbe(indices)
+
+
+def device_tag(devices: Sequence[DeviceInfo]) -> str:
+    """Short name of a device list for ids and file names: "cpu", "cuda0", "cuda0-1"."""
+    gpus = [d for d in devices if d.kind == "cuda"]
+    if not gpus:
+        return "cpu"
+    return "cuda" + "-".join(str(d.index) for d in gpus)
+
+
+def cuda_env(devices: Sequence[DeviceInfo]) -> dict[str, str]:
+    """The CUDA environment that makes CUDA ordinal k the runner's k-th device.
+
+    NVML indices (Device.index) and CUDA ordinals differ unless the order is
+    PCI_BUS_ID, and llama.cpp uses every GPU CUDA sees, so a GPU runner lists its
+    GPUs' UUIDs, in its own order, in CUDA_VISIBLE_DEVICES. A CPU runner hides
+    every GPU, so a CUDA build of llama.cpp cannot put buffers on one behind the
+    scheduler's back. The runner's device list is the truth: this overrides
+    whatever the environment said.
+    """
+    uuids = [d.uuid for d in devices if d.kind == "cuda"]
+    if any(not u for u in uuids):
+        raise _invalid("a CUDA device has no NVML UUID; cannot pin CUDA_VISIBLE_DEVICES")
+    return {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": ",".join(uuids)}
 
 
 def physical_cores() -> int:

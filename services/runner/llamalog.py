@@ -13,7 +13,7 @@ import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import llama_cpp as lc
 
@@ -85,9 +85,16 @@ class BufferSizes:
     compute: int = 0
     gpu: int = 0
     found: bool = False
+    # GPU part by llama.cpp buffer name ("CUDA0", "CUDA1", ...); sums to `gpu`.
+    gpu_by_buffer: dict[str, int] = field(default_factory=dict)
 
 
 _BUFFER_RE = re.compile(r"(\S+)\s+(model|KV|RS|compute|output|LoRA) buffer size =\s*([\d.]+) MiB")
+
+
+def _in_host_ram(buf_name: str) -> bool:
+    """True for buffers in host RAM: CPU, CPU_Mapped, CPU_REPACK, CUDA_Host (pinned host memory)."""
+    return buf_name.startswith("CPU") or buf_name.endswith("_Host")
 
 
 def buffer_sizes(lines: list[tuple[int, str]]) -> BufferSizes:
@@ -104,7 +111,16 @@ def buffer_sizes(lines: list[tuple[int, str]]) -> BufferSizes:
                 out.kv += size
             else:
                 out.compute += size
-            # "CPU", "CPU_Mapped", "CPU_REPACK", "CUDA_Host" live in host RAM.
-            if not buf_name.startswith("CPU") and not buf_name.endswith("_Host"):
+            if not _in_host_ram(buf_name):
                 out.gpu += size
+                out.gpu_by_buffer[buf_name] = out.gpu_by_buffer.get(buf_name, 0) + size
     return out
+
+
+_CUDA_BUFFER_RE = re.compile(r"CUDA(\d+)")
+
+
+def cuda_ordinal(buf_name: str) -> int | None:
+    """k of a "CUDAk" buffer name; None for any other name."""
+    m = _CUDA_BUFFER_RE.fullmatch(buf_name)
+    return int(m.group(1)) if m else None

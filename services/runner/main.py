@@ -1,4 +1,4 @@
-"""Runner process: probe the device, serve RunnerService, stay registered."""
+"""Runner process: probe the devices, pin CUDA to them, serve RunnerService, stay registered."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import socket
 
 from corral.config import Settings
 from corral.grpc_server import GrpcService, run_until_signal
+from corral.logs import fields
 from services.runner.core import Runner
-from services.runner.devices import DeviceProbe, probe_for
+from services.runner.devices import DeviceInfo, DeviceProbe, cuda_env, device_tag, probe_for
 from services.runner.native import DEFAULT_NUM_CTX
 from services.runner.registration import SchedulerLink
 from services.runner.servicer import LoadDefaults, RunnerServicer, register
@@ -29,10 +30,26 @@ def load_defaults(settings: Settings) -> LoadDefaults:
     )
 
 
+def pin_cuda(devices: list[DeviceInfo]) -> None:
+    """Makes CUDA ordinal k the runner's k-th device for this process.
+
+    Must run before llama.cpp first touches CUDA (native._backend_init, at the
+    first load): the CUDA runtime reads these variables once, when it starts.
+    """
+    env = cuda_env(devices)
+    os.environ.update(env)
+    log.info("CUDA devices pinned", extra=fields(**env))
+
+
 async def serve(settings: Settings, probe: DeviceProbe | None = None) -> None:
     probe = probe or probe_for(settings.runner_device)
-    device = probe.probe()
-    runner_id = settings.runner_id or f"{socket.gethostname()}-{device.id}-{os.getpid()}"
+    try:
+        devices = probe.probe()
+        pin_cuda(devices)
+    except BaseException:
+        probe.close()
+        raise
+    runner_id = settings.runner_id or f"{socket.gethostname()}-{device_tag(devices)}-{os.getpid()}"
     runner = Runner(runner_id, probe)
     service = GrpcService("runner", settings.runner_addr, register(RunnerServicer(runner, load_defaults(settings))))
     link = SchedulerLink(
@@ -44,7 +61,7 @@ async def serve(settings: Settings, probe: DeviceProbe | None = None) -> None:
     tasks: list[asyncio.Task[None]] = []
 
     async def on_start() -> None:
-        log.info("runner %s on %s (%s)", runner_id, device.id, device.name)
+        log.info("runner %s on %s", runner_id, ", ".join(f"{d.id} ({d.name})" for d in devices))
         tasks.append(asyncio.create_task(link.run()))
 
     async def on_stop() -> None:

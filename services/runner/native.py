@@ -10,7 +10,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -29,6 +29,7 @@ DEFAULT_NUM_BATCH = 512
 EMBED_MAX_SEQS = 16  # inputs per embedding batch
 KV_TYPES = {"": lc.GGML_TYPE_F16, "f16": lc.GGML_TYPE_F16, "q8_0": lc.GGML_TYPE_Q8_0, "q4_0": lc.GGML_TYPE_Q4_0}
 _KV_BYTES = {lc.GGML_TYPE_F16: 2.0, lc.GGML_TYPE_Q8_0: 34 / 32, lc.GGML_TYPE_Q4_0: 18 / 32}
+MAX_DEVICES = int(lc.LLAMA_MAX_DEVICES)  # length of llama_model_params.tensor_split
 
 _backend_lock = threading.Lock()
 _backend_ready = False
@@ -67,7 +68,12 @@ class LoadSpec:
     num_parallel: int = 1
     num_thread: int = 0  # 0 = physical cores
     num_gpu: int = 0  # layers offloaded; negative = all
+    # Placement over the runner's GPUs, by CUDA ordinal (k = the runner's k-th device,
+    # see devices.cuda_env). tensor_split wins (split mode LAYER); else main_gpu holds
+    # the whole model (split mode NONE); neither = llama.cpp's default split.
     main_gpu: int | None = None
+    tensor_split: tuple[float, ...] = ()
+    gpu_ids: tuple[str, ...] = ()  # Device.id of CUDA ordinal k, for the memory report
     use_mmap: bool | None = None  # None = llama.cpp's choice
     flash_attention: bool | None = None  # None = llama.cpp AUTO
     kv_cache_type: str = "f16"
@@ -80,10 +86,51 @@ class MemoryUsage:
     kv_cache_bytes: int
     compute_bytes: int
     gpu_bytes: int
+    devices: tuple[tuple[str, int], ...] = ()  # (Device.id, bytes) of the GPU part; sums to gpu_bytes
 
     @property
     def total_bytes(self) -> int:
         return self.weights_bytes + self.kv_cache_bytes + self.compute_bytes
+
+
+def set_placement(mp: lc.llama_model_params, spec: LoadSpec) -> ctypes.Array[ctypes.c_float] | None:
+    """Sets split mode, main GPU and tensor split on `mp`.
+
+    Returns the float array `mp.tensor_split` points to: the caller keeps it alive
+    until llama_model_load_from_file returns (ctypes does not own it through mp).
+    """
+    if spec.tensor_split:
+        if len(spec.tensor_split) > MAX_DEVICES:
+            raise _load_failed(f"tensor_split has {len(spec.tensor_split)} entries; llama.cpp takes {MAX_DEVICES}")
+        split = (ctypes.c_float * MAX_DEVICES)(*spec.tensor_split)  # unused tail stays 0
+        mp.split_mode = lc.LLAMA_SPLIT_MODE_LAYER
+        mp.tensor_split = split
+        return split
+    if spec.main_gpu is not None:
+        mp.split_mode = lc.LLAMA_SPLIT_MODE_NONE
+        mp.main_gpu = spec.main_gpu
+    return None
+
+
+def _buffer_device(buf_name: str, gpu_ids: Sequence[str]) -> str:
+    k = llamalog.cuda_ordinal(buf_name)
+    if k is None:
+        return buf_name
+    return gpu_ids[k] if k < len(gpu_ids) else f"cuda:{k}"
+
+
+def gpu_memory_by_device(by_buffer: dict[str, int], gpu_ids: Sequence[str]) -> tuple[tuple[str, int], ...]:
+    """Maps llama.cpp's GPU buffer names to the runner's device ids, in the runner's order.
+
+    "CUDAk" is CUDA ordinal k, the runner's k-th GPU (CUDA_VISIBLE_DEVICES pinning);
+    without an id for it, "cuda:k". Other names are kept as they are.
+    """
+    out: dict[str, int] = {}
+    for name, size in by_buffer.items():
+        dev = _buffer_device(name, gpu_ids)
+        out[dev] = out.get(dev, 0) + size
+    rank = {d: i for i, d in enumerate(gpu_ids)}
+    return tuple(sorted(out.items(), key=lambda kv: (rank.get(kv[0], len(rank)), kv[0])))
 
 
 class NativeModel:
@@ -118,9 +165,7 @@ class NativeModel:
         spec = self.spec
         mp = lc.llama_model_default_params()
         mp.n_gpu_layers = 0x7FFFFFFF if spec.num_gpu < 0 else spec.num_gpu
-        if spec.main_gpu is not None:
-            mp.split_mode = lc.LLAMA_SPLIT_MODE_NONE
-            mp.main_gpu = spec.main_gpu
+        self._tensor_split = set_placement(mp, spec)  # kept on self: llama.cpp reads it during the load
         if spec.use_mmap is not None:
             mp.load_mode = lc.LLAMA_LOAD_MODE_MMAP if spec.use_mmap else lc.LLAMA_LOAD_MODE_NONE
         if self._on_progress is not None:
@@ -230,7 +275,8 @@ class NativeModel:
         compute unknown (0).
         """
         if sizes.found:
-            return MemoryUsage(sizes.weights, sizes.kv, sizes.compute, sizes.gpu)
+            devices = gpu_memory_by_device(sizes.gpu_by_buffer, self.spec.gpu_ids)
+            return MemoryUsage(sizes.weights, sizes.kv, sizes.compute, sizes.gpu, devices)
         assert self.model is not None
         n_layer = lc.llama_model_n_layer(self.model)
         n_head = max(1, lc.llama_model_n_head(self.model))

@@ -39,11 +39,11 @@ class SchedulerLink:
             registered = False
             while True:
                 try:
-                    device = (await asyncio.to_thread(self.runner.device)).to_proto()
+                    devices = [d.to_proto() for d in await asyncio.to_thread(self.runner.devices)]
                     if not registered:
                         resp = await stub.RegisterRunner(
                             scheduler_pb2.RegisterRunnerRequest(
-                                runner_id=self.runner.runner_id, address=self.advertise_addr, device=device
+                                runner_id=self.runner.runner_id, address=self.advertise_addr, devices=devices
                             ),
                             timeout=RPC_TIMEOUT_S,
                         )
@@ -56,7 +56,7 @@ class SchedulerLink:
                         hb = await stub.Heartbeat(
                             scheduler_pb2.HeartbeatRequest(
                                 runner_id=self.runner.runner_id,
-                                device=device,
+                                devices=devices,
                                 instance_ids=self.runner.instance_ids(),
                             ),
                             timeout=RPC_TIMEOUT_S,

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import math
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 import grpc
 
+from corral.errors import CorralError
 from corral.v1 import common_pb2, runner_pb2, runner_pb2_grpc
 from services.runner.core import InstanceState, Runner
+from services.runner.devices import DeviceInfo
 from services.runner.embed import EmbedInput
 from services.runner.jobs import GenEvent
 from services.runner.logprobs import PositionLogprobs, TokenLogprob
-from services.runner.native import DEFAULT_NUM_CTX, LoadSpec, MemoryUsage
+from services.runner.native import DEFAULT_NUM_CTX, MAX_DEVICES, LoadSpec, MemoryUsage
 from services.runner.sampling import SamplingParams
 
 
@@ -27,20 +30,56 @@ class LoadDefaults:
     kv_cache_type: str = "f16"
 
 
-def load_spec(
-    req: runner_pb2.LoadModelRequest, defaults: LoadDefaults, device_kind: str, device_index: int
-) -> LoadSpec:
+def _invalid(msg: str) -> CorralError:
+    return CorralError(common_pb2.ERROR_REASON_INVALID_ARGUMENT, msg)
+
+
+def _checked_split(split: Sequence[float], gpus: Sequence[DeviceInfo]) -> tuple[float, ...]:
+    ids = ", ".join(d.id for d in gpus) or "none"
+    if len(split) != len(gpus):
+        raise _invalid(f"tensor_split has {len(split)} entries; this runner drives {len(gpus)} GPU(s) ({ids})")
+    if len(split) > MAX_DEVICES:
+        raise _invalid(f"tensor_split over {len(split)} GPUs; llama.cpp supports {MAX_DEVICES}")
+    if not all(math.isfinite(x) and x >= 0 for x in split) or sum(split) <= 0:
+        raise _invalid("tensor_split shares must be finite, non-negative and not all zero")
+    return tuple(split)
+
+
+def gpu_placement(o: common_pb2.LoadOptions, gpus: Sequence[DeviceInfo]) -> tuple[int | None, tuple[float, ...]]:
+    """(main_gpu as a CUDA ordinal, tensor_split by CUDA ordinal) for a GPU runner.
+
+    CUDA ordinal k is the runner's k-th device (devices.cuda_env pins it), so the
+    scheduler's Device.index becomes a position in the runner's list.
+    """
+    if o.tensor_split:
+        return None, _checked_split(o.tensor_split, gpus)
+    if o.HasField("main_gpu"):
+        ordinal = next((k for k, d in enumerate(gpus) if d.index == o.main_gpu), None)
+        if ordinal is None:
+            ids = ", ".join(d.id for d in gpus)
+            raise _invalid(f"main_gpu {o.main_gpu} is not a GPU of this runner ({ids})")
+        return ordinal, ()
+    if len(gpus) == 1:
+        return 0, ()  # the whole model on the one GPU, no split
+    return None, ()  # llama.cpp's default: split over every GPU by free memory
+
+
+def load_spec(req: runner_pb2.LoadModelRequest, defaults: LoadDefaults, devices: Sequence[DeviceInfo]) -> LoadSpec:
+    """LoadOptions after defaults, placed on the runner's `devices` (in the runner's order)."""
     o = req.options
-    on_gpu = device_kind == "cuda"
-    main_gpu = o.main_gpu if o.HasField("main_gpu") else (device_index if on_gpu else None)
+    gpus = [d for d in devices if d.kind == "cuda"]
+    # A CPU runner offloads nothing, so main_gpu and tensor_split do not apply.
+    main_gpu, tensor_split = gpu_placement(o, gpus) if gpus else (None, ())
     return LoadSpec(
         model_path=req.model_path,
         num_ctx=o.num_ctx or defaults.num_ctx,
         num_batch=o.num_batch,
         num_parallel=o.num_parallel or defaults.num_parallel,
         num_thread=o.num_thread or defaults.num_thread,
-        num_gpu=(o.num_gpu if o.HasField("num_gpu") else -1) if on_gpu else 0,
+        num_gpu=(o.num_gpu if o.HasField("num_gpu") else -1) if gpus else 0,
         main_gpu=main_gpu,
+        tensor_split=tensor_split,
+        gpu_ids=tuple(d.id for d in gpus),
         use_mmap=o.use_mmap if o.HasField("use_mmap") else None,
         flash_attention=o.flash_attention if o.HasField("flash_attention") else defaults.flash_attention,
         kv_cache_type=o.kv_cache_type or defaults.kv_cache_type,
@@ -55,6 +94,7 @@ def memory_pb(m: MemoryUsage) -> runner_pb2.MemoryUsage:
         compute_bytes=m.compute_bytes,
         gpu_bytes=m.gpu_bytes,
         total_bytes=m.total_bytes,
+        devices=[common_pb2.DeviceMemory(device_id=d, bytes=b) for d, b in m.devices],
     )
 
 
@@ -94,8 +134,7 @@ class RunnerServicer(runner_pb2_grpc.RunnerServiceServicer):
     async def LoadModel(
         self, request: runner_pb2.LoadModelRequest, context: grpc.aio.ServicerContext
     ) -> runner_pb2.LoadModelResponse:
-        dev = self.runner.device()
-        spec = load_spec(request, self.defaults, dev.kind, dev.index)
+        spec = load_spec(request, self.defaults, self.runner.devices())
         info = await self.runner.load(request.instance_id, spec)
         return runner_pb2.LoadModelResponse(
             instance_id=request.instance_id,
@@ -162,9 +201,8 @@ class RunnerServicer(runner_pb2_grpc.RunnerServiceServicer):
         self, request: runner_pb2.GetStatusRequest, context: grpc.aio.ServicerContext
     ) -> runner_pb2.GetStatusResponse:
         instances = [_instance_status(s) for s in self.runner.status()]
-        return runner_pb2.GetStatusResponse(
-            runner_id=self.runner.runner_id, device=self.runner.device().to_proto(), instances=instances
-        )
+        devices = [d.to_proto() for d in self.runner.devices()]
+        return runner_pb2.GetStatusResponse(runner_id=self.runner.runner_id, devices=devices, instances=instances)
 
 
 def _instance_status(s: InstanceState) -> runner_pb2.InstanceStatus:

@@ -37,6 +37,7 @@ class SchedulerConfig:
     num_parallel: int = 1
     max_loaded_models: int = 0
     max_queue: int = 512
+    sched_spread: bool = False  # spread every model over all GPUs of its runner
     load_timeout: float = 300.0
     runner_timeout: float = 10.0
     heartbeat_interval: float = 2.0
@@ -87,20 +88,23 @@ class Scheduler:
 
     # ---- runners -------------------------------------------------------
 
-    async def register(self, runner_id: str, address: str, device: Device) -> None:
+    async def register(self, runner_id: str, address: str, devices: list[Device]) -> None:
         async with self._cond:
             for old in [r for r in self.inv.runners.values() if r.address == address or r.id == runner_id]:
                 self._forget_runner(old.id, "replaced by a new registration")
-            self.inv.runners[runner_id] = Runner(runner_id, address, device)
-            log.info("runner registered", extra=fields(runner=runner_id, address=address, device=device.id))
+            self.inv.runners[runner_id] = Runner(runner_id, address, devices)
+            log.info(
+                "runner registered",
+                extra=fields(runner=runner_id, address=address, devices=",".join(d.id for d in devices)),
+            )
             self._cond.notify_all()
 
-    async def heartbeat(self, runner_id: str, device: Device) -> bool:
+    async def heartbeat(self, runner_id: str, devices: list[Device]) -> bool:
         async with self._cond:
             runner = self.inv.runners.get(runner_id)
             if runner is None:
                 return False
-            runner.on_report(device, time.monotonic(), settle=self.config.release_settle)
+            runner.on_report(devices, time.monotonic(), settle=self.config.release_settle)
             return True
 
     def _forget_runner(self, runner_id: str, why: str) -> None:
@@ -172,9 +176,10 @@ class Scheduler:
     # ---- leases --------------------------------------------------------
 
     def load_key(self, spec: scheduler_pb2.ModelSpec, opts: common_pb2.LoadOptions) -> LoadKey:
-        gpu_total = sum(r.device.total_memory for r in self.inv.runners.values() if r.device.is_gpu)
         num_ctx = opts.num_ctx if opts.num_ctx > 0 else 0
-        num_ctx = placement.default_num_ctx(gpu_total, num_ctx or self.config.context_length, spec.context_length_train)
+        num_ctx = placement.default_num_ctx(
+            self._gpu_memory(), num_ctx or self.config.context_length, spec.context_length_train
+        )
         return LoadKey(
             model_digest=spec.model_digest,
             num_ctx=max(num_ctx, 4),
@@ -240,7 +245,7 @@ class Scheduler:
         if stale:
             return None
         est = memory.estimate(spec, key)
-        decision = placement.place(self.inv, key, est, self.max_loaded_models())
+        decision = placement.place(self.inv, key, est, self.max_loaded_models(), self.config.sched_spread)
         if isinstance(decision, placement.Wait):
             return None
         if isinstance(decision, placement.Evict):
@@ -257,8 +262,10 @@ class Scheduler:
             key=key,
             spec=spec,
             memory_estimate=est.total,
-            gpu_estimate=est.on_gpu(decision.gpu_layers) if runner.device.is_gpu else 0,
+            estimate=dict(decision.device_bytes),
             gpu_layers=decision.gpu_layers,
+            main_gpu=decision.main_gpu,
+            tensor_split=decision.tensor_split,
             keep_alive=self.config.keep_alive if keep_alive is None else keep_alive,
         )
         self.inv.instances[inst.id] = inst
@@ -266,7 +273,13 @@ class Scheduler:
         log.info(
             "placing model",
             extra=fields(
-                model=spec.name, runner=runner.id, estimate=est.total, gpu_layers=decision.gpu_layers, kv=est.kv
+                model=spec.name,
+                runner=runner.id,
+                estimate=est.total,
+                kv=est.kv,
+                gpu_layers=decision.gpu_layers,
+                main_gpu=decision.main_gpu,
+                tensor_split=list(decision.tensor_split),
             ),
         )
         return _Load(inst, self.inv.runners[decision.runner_id])
@@ -301,9 +314,10 @@ class Scheduler:
             num_parallel=k.num_parallel,
             kv_cache_type=k.kv_cache_type,
             adapters=[common_pb2.Adapter(digest=d, scale=s) for d, s in k.adapters],
+            tensor_split=[float(n) for n in inst.tensor_split],
         )
-        if k.main_gpu is not None:
-            opts.main_gpu = k.main_gpu
+        if inst.main_gpu is not None:
+            opts.main_gpu = inst.main_gpu
         if k.flash_attention is not None:
             opts.flash_attention = k.flash_attention
         request = runner_pb2.LoadModelRequest(
@@ -335,6 +349,7 @@ class Scheduler:
                 inst.context_length = resp.context_length or k.num_ctx
                 inst.size_bytes = resp.memory.total_bytes
                 inst.size_vram_bytes = resp.memory.gpu_bytes
+                inst.measured = measured_by_device(inst, runner, resp.memory)
             self._cond.notify_all()
 
     async def _load_watching_progress(
@@ -376,7 +391,7 @@ class Scheduler:
             runner = self.inv.runners.get(inst.runner_id)
             if runner is not None:
                 await self.client.unload(runner.address, inst.id)
-                runner.on_release(inst.device_bytes(runner.device.is_gpu), time.monotonic())
+                runner.on_release({d.id: inst.device_bytes(d.id) for d in runner.devices}, time.monotonic())
             log.info("unloaded model", extra=fields(model=inst.spec.name, instance=inst.id))
         async with self._cond:
             for inst in instances:
@@ -435,13 +450,28 @@ class Scheduler:
         return self._pending
 
     def max_loaded_models(self) -> int:
-        gpus = sum(1 for r in self.inv.runners.values() if r.device.is_gpu)
+        gpus = sum(len(r.gpus) for r in self.inv.runners.values())
         return placement.max_loaded(self.config.max_loaded_models, gpus)
 
+    def _gpu_memory(self) -> int:
+        return sum(g.total_memory for r in self.inv.runners.values() for g in r.gpus)
+
     def default_num_ctx(self) -> int:
-        gpu_total = sum(r.device.total_memory for r in self.inv.runners.values() if r.device.is_gpu)
-        return placement.default_num_ctx(gpu_total, self.config.context_length, 0)
+        return placement.default_num_ctx(self._gpu_memory(), self.config.context_length, 0)
 
     def loaded(self) -> list[Instance]:
         # Latest expiry first; "forever" and busy instances lead.
         return sorted(self.inv.instances.values(), key=lambda i: -i.expires_at)
+
+
+def measured_by_device(inst: Instance, runner: Runner, mem: runner_pb2.MemoryUsage) -> dict[str, int]:
+    """What the runner says the instance holds per device. A CPU runner holds it all in RAM; a GPU
+    runner that reports only a GPU total has it shared out like the estimate."""
+    if not runner.is_gpu:
+        return {d.id: mem.total_bytes for d in runner.devices[:1]}
+    if mem.devices:
+        return {d.device_id: d.bytes for d in mem.devices}
+    planned = sum(inst.estimate.values())
+    if not planned:
+        return {}
+    return {dev: mem.gpu_bytes * b // planned for dev, b in inst.estimate.items()}

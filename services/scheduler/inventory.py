@@ -46,26 +46,42 @@ class Device:
 
 @dataclass
 class Runner:
+    """A runner and its devices: the CPU, or one or more GPUs of one host."""
+
     id: str
     address: str
-    device: Device
+    devices: list[Device]  # in the runner's order (the order of LoadOptions.tensor_split)
     last_seen: float = field(default_factory=time.monotonic)
-    # Bytes we unloaded that the device's free-memory report may not show yet, and when.
-    unreported_release: int = 0
+    # Bytes per device we unloaded that the device's free-memory report may not show yet, and when.
+    unreported_release: dict[str, int] = field(default_factory=dict)
     released_at: float = 0.0
 
-    def on_report(self, device: Device, now: float, settle: float) -> None:
-        """Take a fresh device report; what it now shows as freed leaves the unreported pool."""
-        rose = device.free_memory - self.device.free_memory
-        if rose > 0:
-            self.unreported_release = max(0, self.unreported_release - rose)
+    @property
+    def gpus(self) -> list[Device]:
+        return [d for d in self.devices if d.is_gpu]
+
+    @property
+    def is_gpu(self) -> bool:
+        return any(d.is_gpu for d in self.devices)
+
+    def device(self, device_id: str) -> Device:
+        return next(d for d in self.devices if d.id == device_id)
+
+    def on_report(self, devices: list[Device], now: float, settle: float) -> None:
+        """Take fresh device reports; what they now show as freed leaves the unreported pool."""
+        before = {d.id: d.free_memory for d in self.devices}
+        for d in devices:
+            rose = d.free_memory - before.get(d.id, d.free_memory)
+            if rose > 0 and d.id in self.unreported_release:
+                self.unreported_release[d.id] = max(0, self.unreported_release[d.id] - rose)
         if now - self.released_at > settle:
-            self.unreported_release = 0
-        self.device = device
+            self.unreported_release.clear()
+        self.devices = devices
         self.last_seen = now
 
-    def on_release(self, nbytes: int, now: float) -> None:
-        self.unreported_release += nbytes
+    def on_release(self, by_device: dict[str, int], now: float) -> None:
+        for device_id, nbytes in by_device.items():
+            self.unreported_release[device_id] = self.unreported_release.get(device_id, 0) + nbytes
         self.released_at = now
 
 
@@ -98,14 +114,17 @@ class Instance:
     key: LoadKey
     spec: scheduler_pb2.ModelSpec
     memory_estimate: int  # total bytes, from memory.estimate
-    gpu_estimate: int  # the part on a GPU device
+    estimate: dict[str, int]  # estimated bytes per device of its runner (VRAM per GPU; RAM on a CPU runner)
     keep_alive: float  # seconds; math.inf = forever
     gpu_layers: int = -1  # blocks offloaded when on a GPU runner; -1 = all
+    main_gpu: int | None = None  # Device.index holding the whole model (single-GPU placement)
+    tensor_split: tuple[int, ...] = ()  # blocks per GPU of the runner when spread over several
     state: State = State.LOADING
     leases: int = 0
     context_length: int = 0
     size_bytes: int = 0  # as reported by the runner after load
     size_vram_bytes: int = 0
+    measured: dict[str, int] = field(default_factory=dict)  # bytes per device, reported after load
     expires_at: float = math.inf  # wall clock (time.time()); inf = forever or busy
     last_used: float = field(default_factory=time.monotonic)
     idle_since: float = 0.0  # leased but without work on the runner since (abandoned-lease check)
@@ -119,11 +138,9 @@ class Instance:
         """Total bytes: what the runner reported after load, else the estimate."""
         return self.size_bytes or self.memory_estimate
 
-    def device_bytes(self, gpu: bool) -> int:
-        """Bytes this instance holds on its runner's device (VRAM on a GPU, RAM on the CPU)."""
-        if not gpu:
-            return self.memory
-        return self.size_vram_bytes if self.size_bytes else self.gpu_estimate
+    def device_bytes(self, device_id: str) -> int:
+        """Bytes this instance holds on one device of its runner: measured once loaded, else estimated."""
+        return (self.measured if self.size_bytes else self.estimate).get(device_id, 0)
 
     @property
     def pinned(self) -> bool:

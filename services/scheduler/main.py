@@ -17,6 +17,7 @@ def config_from(settings: Settings) -> SchedulerConfig:
         num_parallel=settings.num_parallel,
         max_loaded_models=settings.max_loaded_models,
         max_queue=settings.max_queue,
+        sched_spread=settings.sched_spread,
         load_timeout=settings.load_timeout_seconds,
         runner_timeout=settings.runner_timeout_seconds,
         heartbeat_interval=settings.heartbeat_interval_seconds,

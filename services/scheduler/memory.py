@@ -6,6 +6,7 @@ weights (per block + the rest) + KV cache for num_ctx x num_parallel at the KV t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from corral.v1 import scheduler_pb2
@@ -25,6 +26,7 @@ class Estimate:
     rest: int  # weights outside the blocks (embeddings, output head, norms)
     kv: int  # all KV cache (already inside `layers`)
     compute: int  # scratch buffers for one micro-batch and the logits
+    output: int | None = None  # the head, which goes to a GPU (the token embedding stays in RAM); None = rest
 
     @property
     def weights(self) -> int:
@@ -34,25 +36,58 @@ class Estimate:
     def total(self) -> int:
         return sum(self.layers) + self.rest + self.compute
 
-    def on_gpu(self, gpu_layers: int) -> int:
-        """Bytes on the GPU when the last `gpu_layers` blocks are offloaded (llama.cpp's order);
-        offloading every block also moves the output head and the rest."""
-        n = len(self.layers)
-        if gpu_layers < 0 or gpu_layers >= n:
-            return self.total
-        if gpu_layers == 0:
-            return 0
-        return sum(self.layers[n - gpu_layers :]) + self.compute
+    def offloaded(self, gpu_layers: int) -> tuple[int, ...]:
+        """What llama.cpp puts on GPUs for n_gpu_layers = `gpu_layers`, in its order: it counts the
+        output layer (the head) as one more layer after the blocks and offloads the last ones,
+        so k layers are the last k - 1 blocks and the head; -1 = everything."""
+        units = (*self.layers, self.rest if self.output is None else self.output)
+        if gpu_layers < 0 or gpu_layers >= len(units):
+            return units
+        return units[len(units) - gpu_layers :] if gpu_layers > 0 else ()
 
-    def layers_that_fit(self, available: int) -> int:
-        """The most blocks that fit in `available` bytes (-1 = everything)."""
-        if self.total <= available:
-            return -1
-        n = len(self.layers)
-        for k in range(n, 0, -1):
-            if self.on_gpu(k) <= available:
-                return k
-        return 0
+
+@dataclass(frozen=True)
+class Split:
+    """How an instance's GPU part lies over one or more GPUs."""
+
+    gpu_layers: int  # llama.cpp's n_gpu_layers (the head counts as one); -1 = all
+    units: tuple[int, ...]  # per device: offloaded units it holds (llama.cpp's tensor_split)
+    device_bytes: tuple[int, ...]  # per device: estimated bytes, compute buffer included
+
+
+def split(est: Estimate, room: Sequence[int], gpu_layers: int = -1) -> Split | None:
+    """Spread the offloaded units over devices with `room` bytes free each, in proportion to
+    their room after a compute buffer (llama.cpp allocates one on every device it uses), in
+    order as llama.cpp's layer split does. None when they do not fit."""
+    units = est.offloaded(gpu_layers)
+    caps = [max(0, r - est.compute) for r in room]
+    need, total_cap = sum(units), sum(caps)
+    if need > total_cap:
+        return None
+    counts, used = [0] * len(caps), [0] * len(caps)
+    last = max((i for i, c in enumerate(caps) if c > 0), default=-1)
+    i = 0
+    for u in units:
+        # Move on when the unit does not fit here, or this device has its share and a later one has room.
+        while i < len(caps) and (
+            used[i] + u > caps[i] or (i < last and used[i] and used[i] + u / 2 > need * caps[i] / total_cap)
+        ):
+            i += 1
+        if i == len(caps):
+            return None
+        counts[i] += 1
+        used[i] += u
+    nbytes = tuple(b + est.compute if c else 0 for b, c in zip(used, counts, strict=True))
+    return Split(gpu_layers, tuple(counts), nbytes)
+
+
+def most_layers(est: Estimate, room: Sequence[int]) -> Split | None:
+    """The split offloading the most layers that fit (everything when it all fits); None when nothing does."""
+    for k in (-1, *range(len(est.layers), 0, -1)):
+        fitted = split(est, room, k)
+        if fitted is not None and any(fitted.device_bytes):
+            return fitted
+    return None
 
 
 def _pad(cells: int) -> int:
@@ -85,8 +120,8 @@ def estimate(spec: scheduler_pb2.ModelSpec, key: LoadKey) -> Estimate:
     # One micro-batch's activations, the attention mask (f16, micro-batch x context) or, without
     # flash attention, the f32 attention scores of every head, and the logits of each sequence.
     activations = 4 * key.num_batch * g.embedding_length * 16
-    attention = (
-        4 * key.num_batch * ctx_total * heads if key.flash_attention is False else 2 * key.num_batch * ctx_total
-    )
+    attention = 4 * key.num_batch * ctx_total * heads if key.flash_attention is False else 2 * key.num_batch * ctx_total
     compute = activations + attention + 4 * g.vocab_size * key.num_parallel
-    return Estimate(layers=tuple(layers), rest=g.other_bytes, kv=kv_total, compute=compute)
+    return Estimate(
+        layers=tuple(layers), rest=g.other_bytes, kv=kv_total, compute=compute, output=g.output_bytes or None
+    )

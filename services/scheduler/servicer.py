@@ -8,7 +8,8 @@ import time
 import grpc
 from google.protobuf import timestamp_pb2
 
-from corral.v1 import scheduler_pb2, scheduler_pb2_grpc
+from corral.errors import CorralError
+from corral.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc
 from services.scheduler import placement
 from services.scheduler.core import Scheduler
 from services.scheduler.inventory import Device
@@ -24,7 +25,10 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
     async def RegisterRunner(
         self, request: scheduler_pb2.RegisterRunnerRequest, context: grpc.aio.ServicerContext
     ) -> scheduler_pb2.RegisterRunnerResponse:
-        await self.core.register(request.runner_id, request.address, Device.from_proto(request.device))
+        devices = [Device.from_proto(d) for d in request.devices]
+        if not devices:
+            raise CorralError(common_pb2.ERROR_REASON_INVALID_ARGUMENT, "a runner must register at least one device")
+        await self.core.register(request.runner_id, request.address, devices)
         return scheduler_pb2.RegisterRunnerResponse(
             heartbeat_interval_ms=int(self.core.config.heartbeat_interval * 1000)
         )
@@ -32,7 +36,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
     async def Heartbeat(
         self, request: scheduler_pb2.HeartbeatRequest, context: grpc.aio.ServicerContext
     ) -> scheduler_pb2.HeartbeatResponse:
-        known = await self.core.heartbeat(request.runner_id, Device.from_proto(request.device))
+        known = await self.core.heartbeat(request.runner_id, [Device.from_proto(d) for d in request.devices])
         return scheduler_pb2.HeartbeatResponse(known=known)
 
     async def AcquireModel(
@@ -74,6 +78,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
                 context_length=inst.context_length or inst.key.num_ctx,
                 runner_id=inst.runner_id,
                 active_leases=inst.leases,
+                devices=[common_pb2.DeviceMemory(device_id=d, bytes=b) for d, b in inst.measured.items()],
             )
             m.details.CopyFrom(inst.spec.details)
             expires = inst.expires_at
@@ -96,13 +101,17 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         )
         for r in core.inv.runners.values():
             instances = core.inv.on_runner(r.id)
-            d = r.device
             out.runners.add(
                 runner_id=r.id,
                 address=r.address,
-                device=d.to_proto(),
                 loaded_models=len(instances),
-                allocated_bytes=sum(i.device_bytes(d.is_gpu) for i in instances),
-                available_bytes=placement.available(core.inv, r),
+                devices=[
+                    scheduler_pb2.DeviceUsage(
+                        device=d.to_proto(),
+                        allocated_bytes=sum(i.device_bytes(d.id) for i in instances),
+                        available_bytes=placement.available(core.inv, r, d.id),
+                    )
+                    for d in r.devices
+                ],
             )
         return out

@@ -17,14 +17,14 @@ PROMPT = "<start_of_turn>user\nWrite a short poem about the sea.<end_of_turn>\n<
 
 
 class FakeProbe:
-    """A device whose figures the test controls."""
+    """A CPU device whose figures the test controls."""
 
     def __init__(self, free: int = 6 << 30) -> None:
         self.free = free
         self.closed = False
 
-    def probe(self) -> DeviceInfo:
-        return DeviceInfo("fake:0", "cpu", 0, "Fake CPU", 8 << 30, self.free, "testhost")
+    def probe(self) -> list[DeviceInfo]:
+        return [DeviceInfo("fake:0", "cpu", 0, "Fake CPU", 8 << 30, self.free, "testhost")]
 
     def close(self) -> None:
         self.closed = True

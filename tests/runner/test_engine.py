@@ -46,7 +46,7 @@ async def test_load_reports_context_and_memory(inst: Instance) -> None:
     assert (info.context_length, info.num_parallel) == (1024, 4)
     m = info.memory
     assert 200e6 < m.weights_bytes < 300e6  # 253 MB file
-    assert m.kv_cache_bytes > 0 and m.compute_bytes > 0 and m.gpu_bytes == 0
+    assert m.kv_cache_bytes > 0 and m.compute_bytes > 0 and m.gpu_bytes == 0 and m.devices == ()
     assert m.total_bytes == m.weights_bytes + m.kv_cache_bytes + m.compute_bytes
     assert info.load_duration_ns > 0
 

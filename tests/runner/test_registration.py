@@ -83,9 +83,9 @@ async def test_registers_heartbeats_and_re_registers_when_forgotten() -> None:
     async with scheduler_on(port) as fake, running(link.run()):
         assert await eventually(lambda: len(fake.heartbeats) >= 2)
         reg = fake.registrations[0]
-        assert (reg.runner_id, reg.address, reg.device.id) == ("r-1", "10.0.0.5:50063", "fake:0")
+        assert (reg.runner_id, reg.address, [d.id for d in reg.devices]) == ("r-1", "10.0.0.5:50063", ["fake:0"])
         probe.free = 222
-        assert await eventually(lambda: fake.heartbeats[-1].device.free_memory_bytes == 222)
+        assert await eventually(lambda: fake.heartbeats[-1].devices[0].free_memory_bytes == 222)
         assert list(fake.heartbeats[-1].instance_ids) == []
         fake.forget_next = True
         assert await eventually(lambda: len(fake.registrations) == 2)
@@ -103,7 +103,10 @@ async def test_keeps_retrying_until_the_scheduler_appears() -> None:
 
 
 @pytest.mark.skipif(os.name != "posix", reason="stops the server with SIGTERM")
-async def test_serve_registers_and_stops_on_sigterm() -> None:
+async def test_serve_registers_and_stops_on_sigterm(monkeypatch: pytest.MonkeyPatch) -> None:
+    # serve() pins CUDA in os.environ; monkeypatch puts the test process's values back.
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "unchanged")
+    monkeypatch.setenv("CUDA_DEVICE_ORDER", "unchanged")
     sched_port = free_port()
     settings = Settings.from_env(
         {
@@ -119,7 +122,9 @@ async def test_serve_registers_and_stops_on_sigterm() -> None:
         assert await eventually(lambda: bool(fake.heartbeats))
         reg = fake.registrations[0]
         assert reg.address == "127.0.0.1:7777"
-        assert reg.runner_id == f"{socket.gethostname()}-fake:0-{os.getpid()}"
+        assert reg.runner_id == f"{socket.gethostname()}-cpu-{os.getpid()}"
+        assert [d.id for d in reg.devices] == ["fake:0"]
+        assert os.environ["CUDA_VISIBLE_DEVICES"] == ""  # a CPU runner hides every GPU from llama.cpp
         os.kill(os.getpid(), signal.SIGTERM)
         await asyncio.wait_for(task, timeout=10)
     assert probe.closed

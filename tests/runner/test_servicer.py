@@ -64,6 +64,7 @@ async def test_load_is_idempotent_and_reports_memory(stub: runner_pb2_grpc.Runne
     m = resp.memory
     assert m.weights_bytes > 200_000_000 and m.kv_cache_bytes > 0
     assert m.total_bytes == m.weights_bytes + m.kv_cache_bytes + m.compute_bytes
+    assert m.gpu_bytes == 0 and not m.devices  # a CPU runner has no per-GPU part
     assert resp.load_duration_ns > 0
 
 
@@ -143,8 +144,9 @@ async def test_embed_with_a_generative_model(stub: runner_pb2_grpc.RunnerService
 async def test_get_status(stub: runner_pb2_grpc.RunnerServiceStub, gemma_path: Path) -> None:
     status = await stub.GetStatus(runner_pb2.GetStatusRequest())
     assert status.runner_id == "test-runner"
-    assert (status.device.id, status.device.name, status.device.host) == ("fake:0", "Fake CPU", "testhost")
-    assert status.device.kind == common_pb2.DEVICE_KIND_CPU
+    [dev] = status.devices
+    assert (dev.id, dev.name, dev.host) == ("fake:0", "Fake CPU", "testhost")
+    assert dev.kind == common_pb2.DEVICE_KIND_CPU
     [inst] = status.instances
     assert (inst.instance_id, inst.model_path) == (INSTANCE, str(gemma_path))
     assert (inst.context_length, inst.num_parallel, inst.queued_requests) == (1024, 2, 0)

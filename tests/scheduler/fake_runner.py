@@ -15,9 +15,9 @@ GIB = 1 << 30
 
 
 class FakeRunner(runner_pb2_grpc.RunnerServiceServicer):
-    def __init__(self, runner_id: str, device: common_pb2.Device, scheduler_addr: str) -> None:
+    def __init__(self, runner_id: str, devices: list[common_pb2.Device], scheduler_addr: str) -> None:
         self.runner_id = runner_id
-        self.device = device
+        self.devices = devices
         self.scheduler_addr = scheduler_addr
         self.loaded: dict[str, runner_pb2.LoadModelRequest] = {}
         self.loads: list[runner_pb2.LoadModelRequest] = []
@@ -42,8 +42,8 @@ class FakeRunner(runner_pb2_grpc.RunnerServiceServicer):
         self.loaded[request.instance_id] = request
         self.loads.append(request)
         mem = runner_pb2.MemoryUsage(weights_bytes=GIB, kv_cache_bytes=GIB // 4, total_bytes=GIB + GIB // 4)
-        if self.device.kind == common_pb2.DEVICE_KIND_CUDA:
-            mem.gpu_bytes = mem.total_bytes
+        mem.devices.extend(self._gpu_share(request.options, mem.total_bytes))
+        mem.gpu_bytes = sum(d.bytes for d in mem.devices)
         return runner_pb2.LoadModelResponse(
             instance_id=request.instance_id,
             context_length=request.options.num_ctx,
@@ -67,7 +67,21 @@ class FakeRunner(runner_pb2_grpc.RunnerServiceServicer):
         loaded = [
             runner_pb2.InstanceStatus(instance_id=i, load_progress=1.0, active_sequences=self.busy) for i in self.loaded
         ]
-        return runner_pb2.GetStatusResponse(runner_id=self.runner_id, device=self.device, instances=loading + loaded)
+        return runner_pb2.GetStatusResponse(runner_id=self.runner_id, devices=self.devices, instances=loading + loaded)
+
+    def _gpu_share(self, opts: common_pb2.LoadOptions, total: int) -> list[common_pb2.DeviceMemory]:
+        """Where the instance's bytes would lie: by tensor_split, on main_gpu, or on the first GPU."""
+        gpus = [d for d in self.devices if d.kind == common_pb2.DEVICE_KIND_CUDA]
+        if not gpus:
+            return []
+        shares = list(opts.tensor_split) or [float(d.index == opts.main_gpu) for d in gpus]
+        if not any(shares):
+            shares = [1.0] + [0.0] * (len(gpus) - 1)
+        return [
+            common_pb2.DeviceMemory(device_id=d.id, bytes=int(total * share / sum(shares)))
+            for d, share in zip(gpus, shares, strict=True)
+            if share
+        ]
 
     async def start(self) -> None:
         def register(server: grpc.aio.Server) -> list[str]:
@@ -80,7 +94,7 @@ class FakeRunner(runner_pb2_grpc.RunnerServiceServicer):
         self._channel = channel(self.scheduler_addr)
         stub = scheduler_pb2_grpc.SchedulerServiceStub(self._channel)
         await stub.RegisterRunner(
-            scheduler_pb2.RegisterRunnerRequest(runner_id=self.runner_id, address=self.address, device=self.device)
+            scheduler_pb2.RegisterRunnerRequest(runner_id=self.runner_id, address=self.address, devices=self.devices)
         )
 
         async def beat() -> None:
@@ -89,7 +103,7 @@ class FakeRunner(runner_pb2_grpc.RunnerServiceServicer):
                 with contextlib.suppress(grpc.RpcError):
                     await stub.Heartbeat(
                         scheduler_pb2.HeartbeatRequest(
-                            runner_id=self.runner_id, device=self.device, instance_ids=list(self.loaded)
+                            runner_id=self.runner_id, devices=self.devices, instance_ids=list(self.loaded)
                         )
                     )
 

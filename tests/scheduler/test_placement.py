@@ -17,12 +17,20 @@ def key(digest: str = "sha256:a", num_gpu: int = -1, main_gpu: int | None = None
 
 
 def cpu(runner_id: str = "cpu", total: int = 24 * GIB) -> Runner:
-    return Runner(runner_id, f"unix:/{runner_id}", Device("cpu", common_pb2.DEVICE_KIND_CPU, 0, "cpu", total, total))
+    return Runner(runner_id, f"unix:/{runner_id}", [Device("cpu", common_pb2.DEVICE_KIND_CPU, 0, "cpu", total, total)])
+
+
+def cuda(index: int, total: int, free: int | None = None) -> Device:
+    return Device(f"cuda:{index}", common_pb2.DEVICE_KIND_CUDA, index, "gpu", total, total if free is None else free)
 
 
 def gpu(index: int, total: int, free: int | None = None) -> Runner:
-    dev = Device(f"cuda:{index}", common_pb2.DEVICE_KIND_CUDA, index, "gpu", total, total if free is None else free)
-    return Runner(f"gpu{index}", f"unix:/gpu{index}", dev)
+    return Runner(f"gpu{index}", f"unix:/gpu{index}", [cuda(index, total, free)])
+
+
+def gpus(*totals: int) -> Runner:
+    """One runner driving several GPUs of its host."""
+    return Runner("multi", "unix:/multi", [cuda(i, t) for i, t in enumerate(totals)])
 
 
 def est(total: int, layers: int = 1) -> Estimate:
@@ -38,11 +46,14 @@ def loaded(
     leases: int = 0,
     last_used: float = 0.0,
     keep_alive: float = 300.0,
+    device: str = "",
 ) -> Instance:
-    inst = Instance(iid, runner, key(f"sha256:{iid}"), scheduler_pb2.ModelSpec(), memory, memory, keep_alive)
+    """A loaded instance holding `memory` bytes on `device` (default: the runner's first device)."""
+    device = device or inv.runners[runner].devices[0].id
+    inst = Instance(iid, runner, key(f"sha256:{iid}"), scheduler_pb2.ModelSpec(), memory, {device: memory}, keep_alive)
     inst.state, inst.leases, inst.size_bytes, inst.last_used = State.READY, leases, memory, last_used
-    on_gpu = inv.runners[runner].device.is_gpu if runner in inv.runners else False
-    inst.size_vram_bytes = memory if on_gpu else 0
+    inst.measured = {device: memory}
+    inst.size_vram_bytes = memory if device.startswith("cuda") else 0
     inv.instances[iid] = inst
     return inst
 
@@ -58,7 +69,7 @@ def test_single_cpu_places_on_it() -> None:
 
 def test_gpu_preferred_over_cpu_when_it_fits() -> None:
     inv = Inventory(runners={"cpu": cpu(), "gpu0": gpu(0, 24 * GIB)})
-    assert placement.place(inv, key(), est(8 * GIB), 3) == placement.Place("gpu0")
+    assert placement.place(inv, key(), est(8 * GIB), 3) == placement.Place("gpu0", main_gpu=0)
 
 
 def test_num_gpu_zero_forces_cpu() -> None:
@@ -69,12 +80,12 @@ def test_num_gpu_zero_forces_cpu() -> None:
 def test_two_gpus_pick_the_one_with_room() -> None:
     inv = Inventory(runners={"gpu0": gpu(0, 80 * GIB), "gpu1": gpu(1, 80 * GIB)})
     loaded(inv, "big", "gpu0", 70 * GIB)
-    assert placement.place(inv, key(), est(40 * GIB), 6) == placement.Place("gpu1")
+    assert placement.place(inv, key(), est(40 * GIB), 6) == placement.Place("gpu1", main_gpu=1)
 
 
 def test_main_gpu_is_honoured() -> None:
     inv = Inventory(runners={"gpu0": gpu(0, 80 * GIB), "gpu1": gpu(1, 80 * GIB)})
-    assert placement.place(inv, key(main_gpu=0), est(GIB), 6) == placement.Place("gpu0")
+    assert placement.place(inv, key(main_gpu=0), est(GIB), 6) == placement.Place("gpu0", main_gpu=0)
 
 
 def test_evicts_smallest_sufficient_idle_instance() -> None:
@@ -101,13 +112,14 @@ def test_max_loaded_evicts_least_recently_used() -> None:
 
 def test_oversized_model_is_partially_offloaded() -> None:
     inv = Inventory(runners={"gpu0": gpu(0, 8 * GIB)})
-    # 20 blocks of 1 GiB; 8 GiB minus the reserve holds 7 of them.
-    assert placement.place(inv, key(), est(20 * GIB, layers=20), 3) == placement.Place("gpu0", 7)
+    # 20 blocks of 1 GiB; 8 GiB minus the reserve holds 7 of them, and the head (no bytes here):
+    # llama.cpp's n_gpu_layers counts the head as a layer.
+    assert placement.place(inv, key(), est(20 * GIB, layers=20), 3) == placement.Place("gpu0", 8, main_gpu=0)
 
 
 def test_a_single_block_too_big_still_loads_on_an_empty_device() -> None:
     inv = Inventory(runners={"gpu0": gpu(0, 8 * GIB)})
-    assert placement.place(inv, key(), est(20 * GIB), 3) == placement.Place("gpu0")
+    assert placement.place(inv, key(), est(20 * GIB), 3) == placement.Place("gpu0", main_gpu=0)
 
 
 def test_pinned_models_are_evicted_only_when_nothing_else_frees_enough() -> None:
@@ -123,16 +135,21 @@ def test_pinned_models_are_evicted_only_when_nothing_else_frees_enough() -> None
 def test_lagging_free_memory_report_does_not_block_a_load() -> None:
     runner = gpu(0, 24 * GIB, free=4 * GIB)  # the driver still shows 20 GiB we just unloaded as used
     inv = Inventory(runners={"gpu0": runner})
-    runner.on_release(20 * GIB, now=0.0)
-    assert placement.place(inv, key(), est(16 * GIB), 3) == placement.Place("gpu0")
+    runner.on_release({"cuda:0": 20 * GIB}, now=0.0)
+    assert placement.place(inv, key(), est(16 * GIB), 3) == placement.Place("gpu0", main_gpu=0)
     # A report that shows the memory freed drains the unreported pool; a stale pool expires.
-    runner.on_report(Device("cuda:0", common_pb2.DEVICE_KIND_CUDA, 0, "gpu", 24 * GIB, 24 * GIB), now=1.0, settle=5)
-    assert runner.unreported_release == 0
+    runner.on_report([cuda(0, 24 * GIB, free=14 * GIB)], now=1.0, settle=5)
+    assert runner.unreported_release == {"cuda:0": 10 * GIB}
+    runner.on_report([cuda(0, 24 * GIB)], now=2.0, settle=5)
+    assert runner.unreported_release == {"cuda:0": 0}
+    runner.on_release({"cuda:0": GIB}, now=3.0)
+    runner.on_report([cuda(0, 24 * GIB)], now=9.0, settle=5)
+    assert runner.unreported_release == {}
 
 
 def test_memory_used_by_other_processes_counts() -> None:
     inv = Inventory(runners={"gpu0": gpu(0, 24 * GIB, free=6 * GIB)})  # someone else holds 18 GiB
-    assert placement.place(inv, key(), est(12 * GIB, layers=12), 3) == placement.Place("gpu0", 5)
+    assert placement.place(inv, key(), est(12 * GIB, layers=12), 3) == placement.Place("gpu0", 6, main_gpu=0)
 
 
 def test_default_num_ctx_tiers_and_cap() -> None:

@@ -37,8 +37,8 @@ class Stack:
         self.channel = channel(self.address)
         self.stub = scheduler_pb2_grpc.SchedulerServiceStub(self.channel)
 
-    async def runner(self, device: common_pb2.Device) -> FakeRunner:
-        r = FakeRunner(f"runner-{uuid.uuid4().hex[:6]}", device, self.address)
+    async def runner(self, *devices: common_pb2.Device) -> FakeRunner:
+        r = FakeRunner(f"runner-{uuid.uuid4().hex[:6]}", list(devices), self.address)
         await r.start()
         self.runners.append(r)
         return r
@@ -255,8 +255,39 @@ async def test_two_80gb_gpus_place_whole_models_then_offload_partially(stack: St
     info = await stack.stub.GetInfo(scheduler_pb2.GetInfoRequest())
     assert info.max_loaded_models == 6
     assert info.default_context_length == 262144
-    assert sorted(r.device.id for r in info.runners) == ["cuda:0", "cuda:1"]
-    assert all(r.allocated_bytes > 0 for r in info.runners)
+    assert sorted(d.device.id for r in info.runners for d in r.devices) == ["cuda:0", "cuda:1"]
+    assert all(d.allocated_bytes > 0 for r in info.runners for d in r.devices)
+
+
+async def test_one_runner_with_two_gpus_spreads_what_one_cannot_hold(stack: Stack) -> None:
+    runner = await stack.runner(gpu_device(0, 80 * GIB), gpu_device(1, 80 * GIB))
+    # 40 GiB fits one GPU: it goes there whole, no split.
+    await stack.stub.AcquireModel(scheduler_pb2.AcquireModelRequest(model=big_spec("a", 40, GIB)))
+    small = runner.loads[-1].options
+    assert small.HasField("main_gpu") and not small.tensor_split
+    # 120 GiB fits neither GPU alone: it is spread over both, by layers.
+    await stack.stub.AcquireModel(scheduler_pb2.AcquireModelRequest(model=big_spec("c", 120, GIB)))
+    big = runner.loads[-1].options
+    assert not big.HasField("main_gpu") and big.num_gpu == -1
+    assert len(big.tensor_split) == 2 and all(share > 0 for share in big.tensor_split)
+    assert sum(big.tensor_split) == 121  # 120 blocks and the head
+    ps = await stack.stub.ListLoadedModels(scheduler_pb2.ListLoadedModelsRequest())
+    spread = next(m for m in ps.models if m.name == "c:latest")
+    assert sorted(d.device_id for d in spread.devices) == ["cuda:0", "cuda:1"]
+    assert spread.size_vram_bytes == sum(d.bytes for d in spread.devices)
+    info = await stack.stub.GetInfo(scheduler_pb2.GetInfoRequest())
+    (r,) = info.runners
+    assert [d.device.id for d in r.devices] == ["cuda:0", "cuda:1"] and r.loaded_models == 2
+    assert all(d.allocated_bytes > 0 for d in r.devices)
+    assert info.max_loaded_models == 6  # 3 per GPU, whichever runner drives them
+
+
+@pytest.mark.parametrize("stack", [{"sched_spread": True}], indirect=True)
+async def test_sched_spread_spreads_every_model(stack: Stack) -> None:
+    runner = await stack.runner(gpu_device(0, 24 * GIB), gpu_device(1, 24 * GIB))
+    await stack.stub.AcquireModel(scheduler_pb2.AcquireModelRequest(model=big_spec("a", 8, GIB // 2)))
+    opts = runner.loads[-1].options
+    assert not opts.HasField("main_gpu") and len(opts.tensor_split) == 2 and min(opts.tensor_split) > 0
 
 
 @pytest.mark.parametrize("stack", [{"load_timeout": 0.5}], indirect=True)

@@ -52,18 +52,19 @@ async def info(request: Request) -> Response:
         raise errors.from_rpc(err) from err
     devices = [
         {
-            "id": r.device.id,
-            "kind": _KINDS.get(r.device.kind, "unknown"),
-            "index": r.device.index,
-            "name": r.device.name,
-            "host": r.device.host,
-            "total_memory": r.device.total_memory_bytes,
-            "free_memory": r.device.free_memory_bytes,
-            "allocated_memory": r.allocated_bytes,
-            "available_memory": r.available_bytes,
+            "id": u.device.id,
+            "kind": _KINDS.get(u.device.kind, "unknown"),
+            "index": u.device.index,
+            "name": u.device.name,
+            "host": u.device.host,
+            "total_memory": u.device.total_memory_bytes,
+            "free_memory": u.device.free_memory_bytes,
+            "allocated_memory": u.allocated_bytes,
+            "available_memory": u.available_bytes,
             "runner": {"id": r.runner_id, "address": r.address, "loaded_models": r.loaded_models},
         }
         for r in resp.runners
+        for u in r.devices
     ]
     return json_response(
         {
