@@ -120,7 +120,6 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         result = await self.registry.write_blob(first.digest, chunks())
         return registry_pb2.UploadBlobResponse(created=result.created, size_bytes=result.size)
 
-
     async def ReadBlob(
         self, request: registry_pb2.ReadBlobRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[registry_pb2.ReadBlobResponse]:

@@ -241,7 +241,6 @@ class Store:
             raise OSError(f"manifest {path} vanished after writing")
         return entry
 
-
     def delete_manifest(self, entry: ManifestFile) -> None:
         """Remove a manifest and the directories it leaves empty."""
         entry.path.unlink(missing_ok=True)

@@ -183,6 +183,7 @@ def test_load_and_unload_with_empty_prompt(stack: Stack, gemma: str) -> None:
         assert any(m["name"] == f"{gemma}:latest" for m in ps)
         r = c.post("/api/generate", json={"model": gemma, "keep_alive": 0}).json()
         assert r["done_reason"] == "unload"
+
         def loaded() -> bool:  # other tests' models may share the session stack
             return any(m["name"] == f"{gemma}:latest" for m in c.get("/api/ps").json()["models"])
 
