@@ -20,8 +20,8 @@ import grpc
 
 from corral.errors import CorralError
 from corral.logs import fields
-from corral.v1 import common_pb2, runner_pb2, scheduler_pb2
-from services.scheduler import memory, placement
+from corral.v1 import common_pb2, scheduler_pb2
+from services.scheduler import loading, memory, placement
 from services.scheduler.inventory import Device, Instance, Inventory, LoadKey, Runner, State
 from services.scheduler.runners import RunnerClient
 
@@ -306,26 +306,12 @@ class Scheduler:
 
     async def _load(self, inst: Instance, runner: Runner) -> None:
         k = inst.key
-        opts = common_pb2.LoadOptions(
-            num_ctx=k.num_ctx,
-            num_batch=k.num_batch,
-            num_gpu=inst.gpu_layers,
-            num_thread=k.num_thread,
-            num_parallel=k.num_parallel,
-            kv_cache_type=k.kv_cache_type,
-            adapters=[common_pb2.Adapter(digest=d, scale=s) for d, s in k.adapters],
-            tensor_split=[float(n) for n in inst.tensor_split],
-        )
-        if inst.main_gpu is not None:
-            opts.main_gpu = inst.main_gpu
-        if k.flash_attention is not None:
-            opts.flash_attention = k.flash_attention
-        request = runner_pb2.LoadModelRequest(
-            instance_id=inst.id, model_path=inst.spec.model_path, model_digest=inst.spec.model_digest, options=opts
-        )
+        request = loading.load_request(inst)
         log.info("loading model", extra=fields(model=inst.spec.name, runner=runner.id, num_ctx=k.num_ctx))
         try:
-            resp = await self._load_watching_progress(runner, request)
+            resp = await loading.load_watching_progress(
+                self.client, runner.address, request, self.config.load_timeout, self.config.load_poll
+            )
         except CorralError as err:
             async with self._cond:
                 self._loading.discard(runner.id)
@@ -349,42 +335,8 @@ class Scheduler:
                 inst.context_length = resp.context_length or k.num_ctx
                 inst.size_bytes = resp.memory.total_bytes
                 inst.size_vram_bytes = resp.memory.gpu_bytes
-                inst.measured = measured_by_device(inst, runner, resp.memory)
+                inst.measured = loading.measured_by_device(inst, runner, resp.memory)
             self._cond.notify_all()
-
-    async def _load_watching_progress(
-        self, runner: Runner, request: runner_pb2.LoadModelRequest
-    ) -> runner_pb2.LoadModelResponse:
-        """LoadModel with a stall timeout: CORRAL_LOAD_TIMEOUT restarts whenever the runner reports
-        more of the weights loaded, so a large model on a slow disk is not cut off while it progresses."""
-        call = asyncio.ensure_future(self.client.load(runner.address, request, timeout=None))
-        progress, since = -1.0, time.monotonic()
-        try:
-            while True:
-                done, _ = await asyncio.wait({call}, timeout=self.config.load_poll)
-                if done:
-                    return call.result()
-                status = await self.client.status(runner.address)
-                now = time.monotonic()
-                current = next(
-                    (
-                        i.load_progress
-                        for i in (status.instances if status else [])
-                        if i.instance_id == request.instance_id
-                    ),
-                    None,
-                )
-                if current is not None and current > progress:
-                    progress, since = current, now
-                if now - since > self.config.load_timeout:
-                    raise CorralError(
-                        common_pb2.ERROR_REASON_LOAD_FAILED,
-                        f"timed out waiting for the model to load: no progress for {self.config.load_timeout:g}s "
-                        f"({max(progress, 0) * 100:.0f}% loaded)",
-                    )
-        finally:
-            if not call.done():
-                call.cancel()  # the runner aborts the load when its caller goes away
 
     async def _unload(self, instances: tuple[Instance, ...]) -> None:
         for inst in instances:
@@ -462,16 +414,3 @@ class Scheduler:
     def loaded(self) -> list[Instance]:
         # Latest expiry first; "forever" and busy instances lead.
         return sorted(self.inv.instances.values(), key=lambda i: -i.expires_at)
-
-
-def measured_by_device(inst: Instance, runner: Runner, mem: runner_pb2.MemoryUsage) -> dict[str, int]:
-    """What the runner says the instance holds per device. A CPU runner holds it all in RAM; a GPU
-    runner that reports only a GPU total has it shared out like the estimate."""
-    if not runner.is_gpu:
-        return {d.id: mem.total_bytes for d in runner.devices[:1]}
-    if mem.devices:
-        return {d.device_id: d.bytes for d in mem.devices}
-    planned = sum(inst.estimate.values())
-    if not planned:
-        return {}
-    return {dev: mem.gpu_bytes * b // planned for dev, b in inst.estimate.items()}
