@@ -131,8 +131,11 @@ def _targets(inv: Inventory, key: LoadKey, spread: bool) -> list[_Target]:
             spreads.append(_Target(r, tuple(gpus)))
     if key.main_gpu is not None and not singles:
         return _targets(inv, replace(key, main_gpu=None), spread)  # no such GPU: place anywhere
-    by_room = lambda t: -sum(t.room(inv))  # noqa: E731
-    return sorted(singles, key=by_room) + sorted(spreads, key=by_room) + cpus
+
+    def most_room_first(t: _Target) -> int:
+        return -sum(t.room(inv))
+
+    return sorted(singles, key=most_room_first) + sorted(spreads, key=most_room_first) + cpus
 
 
 def _eviction_set(
