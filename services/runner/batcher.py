@@ -24,7 +24,7 @@ from corral.v1 import common_pb2
 from services.runner import context
 from services.runner.context import PROMPT_TOO_LONG
 from services.runner.grammar import Candidates, TokenSampler, exact_subset_k, init_grammar, schema_to_gbnf
-from services.runner.jobs import GenEvent, GenStats, Job
+from services.runner.jobs import GenerateSpec, GenEvent, GenStats, Job
 from services.runner.logprobs import PositionLogprobs, position_logprobs
 from services.runner.native import NativeModel
 from services.runner.sampling import build_chain
@@ -95,32 +95,32 @@ class Batcher:
         return bool(self.waiting) or self.active > 0
 
     def submit(self, job: Job) -> None:
-        """Resolves the prompt's tokens and queues the job, or reports why not."""
+        """Resolves the prompt's tokens and the grammar and queues the job, or reports why not."""
+        spec = job.spec
         try:
-            job.tokens = self._prompt_tokens(job)
+            job.tokens = self._prompt_tokens(spec)
+            job.grammar = schema_to_gbnf(spec.json_schema) if spec.json_schema else spec.grammar
         except CorralError as err:
             job.emit(err)
             return
         self.waiting.append(job)
 
-    def _prompt_tokens(self, job: Job) -> list[int]:
+    def _prompt_tokens(self, spec: GenerateSpec) -> list[int]:
         nm = self.nm
         if nm.is_embedding:
             raise CorralError(common_pb2.ERROR_REASON_UNSUPPORTED, "this model does not support generate")
-        if job.prompt_tokens:
-            toks = list(job.prompt_tokens)
+        if spec.prompt_tokens:
+            toks = list(spec.prompt_tokens)
             if any(t < 0 or t >= nm.n_vocab for t in toks):
                 raise CorralError(common_pb2.ERROR_REASON_INVALID_ARGUMENT, "prompt token id out of range")
         else:
-            toks = nm.tokenize(job.prompt, add_special=job.add_bos, parse_special=True)
+            toks = nm.tokenize(spec.prompt, add_special=spec.add_bos, parse_special=True)
         if not toks:
             raise CorralError(common_pb2.ERROR_REASON_INVALID_ARGUMENT, "the prompt is empty")
         if len(toks) >= nm.num_ctx:
-            if not job.truncate:
+            if not spec.truncate:
                 raise CorralError(common_pb2.ERROR_REASON_PROMPT_TOO_LONG, PROMPT_TOO_LONG)
-            toks = context.truncate_prompt(toks, nm.num_ctx, context.keep_count(nm, toks, job.params.num_keep))
-        if job.json_schema:
-            job.grammar = schema_to_gbnf(job.json_schema)
+            toks = context.truncate_prompt(toks, nm.num_ctx, context.keep_count(nm, toks, spec.params.num_keep))
         return toks
 
     def reap_cancelled(self) -> None:
@@ -160,9 +160,9 @@ class Batcher:
             return
         if grammar is not None and self._cands is None:
             self._cands = Candidates(nm.n_vocab)
-        chain = build_chain(job.params, nm.vocab, nm.num_ctx)
-        sampler = TokenSampler(chain, grammar, self._cands, exact_subset_k(job.params))
-        p = job.params
+        p = job.spec.params
+        chain = build_chain(p, nm.vocab, nm.num_ctx)
+        sampler = TokenSampler(chain, grammar, self._cands, exact_subset_k(p))
         slot.seq = Seq(
             job=job,
             sampler=sampler,
@@ -295,7 +295,7 @@ class Batcher:
         assert seq is not None
         if not self.nm.can_shift:
             return False
-        keep = context.keep_count(self.nm, slot.cached, seq.job.params.num_keep)
+        keep = context.keep_count(self.nm, slot.cached, seq.job.spec.params.num_keep)
         seq.n_past = context.shift(self.nm, slot.id, slot.cached, seq.n_past, keep)
         return seq.n_past < self.nm.num_ctx
 

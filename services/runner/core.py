@@ -12,8 +12,8 @@ from corral.v1 import common_pb2
 from services.runner.devices import DeviceInfo, DeviceProbe
 from services.runner.embed import EmbedInput, embed
 from services.runner.engine import GenerationStream, Instance, LoadInfo
+from services.runner.jobs import GenerateSpec
 from services.runner.native import LoadSpec, NativeModel
-from services.runner.sampling import SamplingParams
 
 log = logging.getLogger(__name__)
 
@@ -102,33 +102,8 @@ class Runner:
             for i in [*self._instances.values(), *self._loading.values()]
         ]
 
-    def generate(
-        self,
-        instance_id: str,
-        *,
-        prompt: str = "",
-        prompt_tokens: list[int] | None = None,
-        params: SamplingParams | None = None,
-        grammar: str = "",
-        add_bos: bool = False,
-        request_id: str = "",
-        json_schema: str = "",
-        logprobs: bool = False,
-        top_logprobs: int = 0,
-        truncate: bool = False,
-    ) -> GenerationStream:
-        return self._get(instance_id).generate(
-            prompt=prompt,
-            prompt_tokens=prompt_tokens,
-            params=params,
-            grammar=grammar,
-            add_bos=add_bos,
-            request_id=request_id,
-            json_schema=json_schema,
-            logprobs=logprobs,
-            top_logprobs=top_logprobs,
-            truncate=truncate,
-        )
+    def generate(self, instance_id: str, spec: GenerateSpec) -> GenerationStream:
+        return self._get(instance_id).generate(spec)
 
     async def embed(
         self, instance_id: str, inputs: list[EmbedInput], truncate: bool, normalize: bool

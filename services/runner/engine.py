@@ -23,9 +23,8 @@ from typing import Any, TypeVar
 from corral.errors import CorralError
 from corral.v1 import common_pb2
 from services.runner.batcher import Batcher
-from services.runner.jobs import GenEvent, Job
+from services.runner.jobs import GenerateSpec, GenEvent, Job
 from services.runner.native import LoadSpec, MemoryUsage, NativeModel
-from services.runner.sampling import SamplingParams
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -125,20 +124,7 @@ class Instance:
         if self._thread.ident is not None:  # started
             await asyncio.wrap_future(self._stopped)
 
-    def generate(
-        self,
-        *,
-        prompt: str = "",
-        prompt_tokens: list[int] | None = None,
-        params: SamplingParams | None = None,
-        grammar: str = "",
-        add_bos: bool = False,
-        request_id: str = "",
-        json_schema: str = "",
-        logprobs: bool = False,
-        top_logprobs: int = 0,
-        truncate: bool = False,
-    ) -> GenerationStream:
+    def generate(self, spec: GenerateSpec) -> GenerationStream:
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[GenEvent | CorralError] = asyncio.Queue()
 
@@ -146,19 +132,7 @@ class Instance:
             with contextlib.suppress(RuntimeError):  # the loop is closed
                 loop.call_soon_threadsafe(events.put_nowait, ev)
 
-        job = Job(
-            prompt=prompt,
-            prompt_tokens=list(prompt_tokens or []),
-            add_bos=add_bos,
-            params=params or SamplingParams(),
-            grammar=grammar,
-            emit=emit,
-            request_id=request_id,
-            json_schema=json_schema,
-            logprobs=logprobs or top_logprobs > 0,
-            top_logprobs=max(0, min(top_logprobs, 20)),
-            truncate=truncate,
-        )
+        job = Job(spec, emit)
         self._put(job)
         return GenerationStream(self, job, events)
 

@@ -34,20 +34,35 @@ class GenEvent:
 Emit = Callable[[GenEvent | CorralError], None]
 
 
-@dataclass
-class Job:
-    """One generation request. Only `cancelled` is written by another thread."""
+@dataclass(frozen=True)
+class GenerateSpec:
+    """One generation request as asked (GenerateRequest without instance_id); the defaults live here."""
 
-    prompt: str
-    prompt_tokens: list[int]
-    add_bos: bool
-    params: SamplingParams
-    grammar: str  # GBNF; empty = none
-    emit: Emit
-    request_id: str = ""
+    prompt: str = ""  # tokenized with parse_special; ignored when prompt_tokens is set
+    prompt_tokens: tuple[int, ...] = ()
+    add_bos: bool = False
+    params: SamplingParams = field(default_factory=SamplingParams)
+    grammar: str = ""  # GBNF; empty = none
     json_schema: str = ""  # converted to GBNF on the owner thread; wins over grammar
     logprobs: bool = False
-    top_logprobs: int = 0
+    top_logprobs: int = 0  # clamped to 0-20; > 0 implies logprobs
     truncate: bool = False  # cut a too-long prompt (keeping num_keep) instead of refusing it
+    request_id: str = ""
+
+
+@dataclass
+class Job:
+    """A GenerateSpec on its way through the owner thread. Only `cancelled` is written by another thread."""
+
+    spec: GenerateSpec
+    emit: Emit
     cancelled: bool = False
     tokens: list[int] = field(default_factory=list)  # resolved on the owner thread
+    grammar: str = ""  # GBNF resolved on the owner thread: json_schema's, else spec.grammar
+    # Read for every sampled token, so resolved once here.
+    logprobs: bool = field(init=False)
+    top_logprobs: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.logprobs = self.spec.logprobs or self.spec.top_logprobs > 0
+        self.top_logprobs = max(0, min(self.spec.top_logprobs, 20))

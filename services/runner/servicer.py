@@ -13,7 +13,7 @@ from corral.v1 import common_pb2, runner_pb2, runner_pb2_grpc
 from services.runner.core import InstanceState, Runner
 from services.runner.devices import DeviceInfo
 from services.runner.embed import EmbedInput
-from services.runner.jobs import GenEvent
+from services.runner.jobs import GenerateSpec, GenEvent
 from services.runner.logprobs import PositionLogprobs, TokenLogprob
 from services.runner.native import DEFAULT_NUM_CTX, MAX_DEVICES, LoadSpec, MemoryUsage
 from services.runner.sampling import SamplingParams
@@ -87,6 +87,22 @@ def load_spec(req: runner_pb2.LoadModelRequest, defaults: LoadDefaults, devices:
     )
 
 
+def generate_spec(req: runner_pb2.GenerateRequest) -> GenerateSpec:
+    """The request's fields; proto defaults (empty, 0, false) mean the same as GenerateSpec's."""
+    return GenerateSpec(
+        prompt=req.prompt,
+        prompt_tokens=tuple(req.prompt_tokens),
+        add_bos=req.add_bos,
+        params=SamplingParams.from_proto(req.sampling),
+        grammar=req.grammar,
+        json_schema=req.json_schema,
+        logprobs=req.logprobs,
+        top_logprobs=req.top_logprobs,
+        truncate=req.truncate,
+        request_id=req.request_id,
+    )
+
+
 def memory_pb(m: MemoryUsage) -> runner_pb2.MemoryUsage:
     return runner_pb2.MemoryUsage(
         weights_bytes=m.weights_bytes,
@@ -152,19 +168,7 @@ class RunnerServicer(runner_pb2_grpc.RunnerServiceServicer):
     async def Generate(  # type: ignore[override]
         self, request: runner_pb2.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[runner_pb2.GenerateResponse]:
-        stream = self.runner.generate(
-            request.instance_id,
-            prompt=request.prompt,
-            prompt_tokens=list(request.prompt_tokens),
-            params=SamplingParams.from_proto(request.sampling),
-            grammar=request.grammar,
-            add_bos=request.add_bos,
-            request_id=request.request_id,
-            json_schema=request.json_schema,
-            logprobs=request.logprobs,
-            top_logprobs=request.top_logprobs,
-            truncate=request.truncate,
-        )
+        stream = self.runner.generate(request.instance_id, generate_spec(request))
         try:
             async for ev in stream:
                 yield event_pb(ev)

@@ -18,6 +18,7 @@ import pytest
 from corral.errors import CorralError
 from corral.v1 import common_pb2
 from services.runner.engine import Instance
+from services.runner.jobs import GenerateSpec
 from services.runner.native import LoadSpec
 from services.runner.sampling import SamplingParams
 from tests.runner.conftest import PROMPT, collect, eventually
@@ -53,15 +54,15 @@ async def test_load_reports_context_and_memory(inst: Instance) -> None:
 
 async def warm(inst: Instance, prompt: str) -> None:
     """Caches the prompt without generating."""
-    r = await collect(inst.generate(prompt=prompt, params=SamplingParams(num_predict=0), add_bos=True))
+    r = await collect(inst.generate(GenerateSpec(prompt=prompt, params=SamplingParams(num_predict=0), add_bos=True)))
     assert r.last.done_reason == common_pb2.DONE_REASON_LENGTH
     assert r.last.stats is not None and r.last.stats.eval_count == 0 and not r.text
 
 
 async def test_greedy_is_deterministic(inst: Instance) -> None:
     await warm(inst, PROMPT)
-    first = await collect(inst.generate(prompt=PROMPT, params=GREEDY, add_bos=True))
-    second = await collect(inst.generate(prompt=PROMPT, params=GREEDY, add_bos=True))
+    first = await collect(inst.generate(GenerateSpec(prompt=PROMPT, params=GREEDY, add_bos=True)))
+    second = await collect(inst.generate(GenerateSpec(prompt=PROMPT, params=GREEDY, add_bos=True)))
     assert first.text and first.text == second.text
     assert first.last.done and first.last.done_reason in (common_pb2.DONE_REASON_STOP, common_pb2.DONE_REASON_LENGTH)
     s1 = first.last.stats
@@ -71,8 +72,8 @@ async def test_greedy_is_deterministic(inst: Instance) -> None:
 
 async def test_repeated_prompt_reuses_the_prefix(inst: Instance) -> None:
     prompt = turn("Which is the largest ocean on Earth, and how deep does it get?")
-    a = await collect(inst.generate(prompt=prompt, params=GREEDY, add_bos=True))
-    b = await collect(inst.generate(prompt=prompt, params=GREEDY, add_bos=True))
+    a = await collect(inst.generate(GenerateSpec(prompt=prompt, params=GREEDY, add_bos=True)))
+    b = await collect(inst.generate(GenerateSpec(prompt=prompt, params=GREEDY, add_bos=True)))
     sa, sb = a.last.stats, b.last.stats
     assert sa is not None and sb is not None
     n_prompt = sa.prompt_eval_count + sa.prompt_cached_count
@@ -84,9 +85,9 @@ async def test_repeated_prompt_reuses_the_prefix(inst: Instance) -> None:
 
 async def test_prefix_reuse_of_a_shared_conversation(inst: Instance) -> None:
     history = turn("Tell me about lighthouses and the keepers who lived in them long ago.")
-    a = await collect(inst.generate(prompt=history, params=GREEDY, add_bos=True))
+    a = await collect(inst.generate(GenerateSpec(prompt=history, params=GREEDY, add_bos=True)))
     follow_up = history + a.text + "<end_of_turn>\n" + turn("And today?")
-    b = await collect(inst.generate(prompt=follow_up, params=GREEDY, add_bos=True))
+    b = await collect(inst.generate(GenerateSpec(prompt=follow_up, params=GREEDY, add_bos=True)))
     sa, sb = a.last.stats, b.last.stats
     assert sa is not None and sb is not None
     # Only the new turn (plus the tokens around the previous answer's end) is evaluated.
@@ -98,8 +99,8 @@ async def test_seeded_sampling_repeats(inst: Instance) -> None:
     params = SamplingParams(temperature=0.8, seed=42, num_predict=24)
     prompt = turn("Name three colours.")
     await warm(inst, prompt)
-    a = await collect(inst.generate(prompt=prompt, params=params, add_bos=True))
-    b = await collect(inst.generate(prompt=prompt, params=params, add_bos=True))
+    a = await collect(inst.generate(GenerateSpec(prompt=prompt, params=params, add_bos=True)))
+    b = await collect(inst.generate(GenerateSpec(prompt=prompt, params=params, add_bos=True)))
     assert a.text and a.token_ids == b.token_ids
 
 
@@ -116,7 +117,9 @@ async def test_parallel_requests_all_complete_and_excess_waits(inst: Instance) -
     watcher = asyncio.create_task(watch())
     topics = ["the sun", "the moon", "a cat", "a dog", "rain"]
     params = SamplingParams(num_predict=12, seed=3)
-    results = await asyncio.gather(*(collect(inst.generate(prompt=turn(t), params=params)) for t in topics))
+    results = await asyncio.gather(
+        *(collect(inst.generate(GenerateSpec(prompt=turn(t), params=params))) for t in topics)
+    )
     stop.set()
     await watcher
     for r in results:
@@ -127,45 +130,47 @@ async def test_parallel_requests_all_complete_and_excess_waits(inst: Instance) -
 
 async def test_stop_string_cuts_the_output(inst: Instance) -> None:
     await warm(inst, PROMPT)
-    full = (await collect(inst.generate(prompt=PROMPT, params=GREEDY, add_bos=True))).text
+    full = (await collect(inst.generate(GenerateSpec(prompt=PROMPT, params=GREEDY, add_bos=True)))).text
     cut = len(full) // 2
     stop = full[cut : cut + 4]
     expected = full[: full.find(stop)]
     params = SamplingParams(temperature=0, num_predict=24, stop=(stop,))
-    r = await collect(inst.generate(prompt=PROMPT, params=params, add_bos=True))
+    r = await collect(inst.generate(GenerateSpec(prompt=PROMPT, params=params, add_bos=True)))
     assert r.text == expected
     assert r.last.done_reason == common_pb2.DONE_REASON_STOP
 
 
 async def test_num_predict_gives_length(inst: Instance) -> None:
     params = SamplingParams(temperature=0, num_predict=5)
-    r = await collect(inst.generate(prompt=turn("Count to twenty."), params=params))
+    r = await collect(inst.generate(GenerateSpec(prompt=turn("Count to twenty."), params=params)))
     assert r.last.done_reason == common_pb2.DONE_REASON_LENGTH
     assert r.last.stats is not None and r.last.stats.eval_count == 5
 
 
 async def test_full_context_gives_length(inst: Instance) -> None:
-    prompt = [2] + [9259] * 1009  # 1010 tokens; 14 positions left of 1024
-    r = await collect(inst.generate(prompt_tokens=prompt, params=NOISE))
+    prompt = (2,) + (9259,) * 1009  # 1010 tokens; 14 positions left of 1024
+    r = await collect(inst.generate(GenerateSpec(prompt_tokens=prompt, params=NOISE)))
     assert r.last.done_reason == common_pb2.DONE_REASON_LENGTH
     assert r.last.stats is not None and r.last.stats.eval_count <= 1024 - 1010 + 1
 
 
 async def test_prompt_too_long_is_refused(inst: Instance) -> None:
     with pytest.raises(CorralError) as exc:
-        await collect(inst.generate(prompt_tokens=[9259] * 1024))
+        await collect(inst.generate(GenerateSpec(prompt_tokens=(9259,) * 1024)))
     assert exc.value.reason == common_pb2.ERROR_REASON_PROMPT_TOO_LONG
     assert exc.value.message.startswith("the prompt is longer than the context length")
 
 
 async def test_cancel_frees_the_slot_for_the_next_request(inst: Instance) -> None:
-    streams = [inst.generate(prompt=turn(f"Story number {i}."), params=NOISE) for i in range(4)]
+    streams = [inst.generate(GenerateSpec(prompt=turn(f"Story number {i}."), params=NOISE)) for i in range(4)]
     for s in streams:  # every slot is now generating
         await s.__anext__()
     assert inst.active_sequences == 4
     streams[0].cancel()
     t0 = time.monotonic()
-    quick = await collect(inst.generate(prompt=turn("Say hi."), params=SamplingParams(temperature=0, num_predict=3)))
+    quick = await collect(
+        inst.generate(GenerateSpec(prompt=turn("Say hi."), params=SamplingParams(temperature=0, num_predict=3)))
+    )
     elapsed = time.monotonic() - t0
     assert quick.last.done and quick.last.stats is not None and quick.last.stats.eval_count == 3
     assert elapsed < 10  # the others still have hundreds of tokens to go
@@ -177,13 +182,15 @@ async def test_cancel_frees_the_slot_for_the_next_request(inst: Instance) -> Non
 
 async def test_grammar_constrains_the_output(inst: Instance) -> None:
     params = SamplingParams(temperature=0.8, seed=5, num_predict=8)
-    r = await collect(inst.generate(prompt=turn("Yes or no?"), params=params, grammar='root ::= "yes" | "no"'))
+    r = await collect(
+        inst.generate(GenerateSpec(prompt=turn("Yes or no?"), params=params, grammar='root ::= "yes" | "no"'))
+    )
     assert r.text in ("yes", "no")
 
 
 async def test_invalid_grammar_is_refused(inst: Instance) -> None:
     with pytest.raises(CorralError) as exc:
-        await collect(inst.generate(prompt=turn("x"), grammar="root ::= ("))
+        await collect(inst.generate(GenerateSpec(prompt=turn("x"), grammar="root ::= (")))
     assert exc.value.reason == common_pb2.ERROR_REASON_INVALID_ARGUMENT
 
 
@@ -218,5 +225,5 @@ async def test_stopped_instance_refuses_work(gemma_path: Path) -> None:
     await instance.start()
     await instance.stop()
     with pytest.raises(CorralError) as exc:
-        await collect(instance.generate(prompt="hi"))
+        await collect(instance.generate(GenerateSpec(prompt="hi")))
     assert exc.value.reason == common_pb2.ERROR_REASON_INSTANCE_NOT_FOUND

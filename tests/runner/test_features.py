@@ -15,6 +15,7 @@ from corral.errors import CorralError
 from corral.v1 import common_pb2
 from services.runner.embed import EmbedInput, embed
 from services.runner.engine import Instance
+from services.runner.jobs import GenerateSpec
 from services.runner.native import LoadSpec, NativeModel
 from services.runner.sampling import SamplingParams
 from tests.runner.conftest import collect
@@ -51,7 +52,9 @@ async def test_json_schema_output_validates(inst: Instance) -> None:
     for seed in (1, 2):
         params = SamplingParams(temperature=0.7, seed=seed, num_predict=120)
         prompt = turn("Invent a person and reply with JSON: name, age and pets.")
-        r = await collect(inst.generate(prompt=prompt, params=params, add_bos=True, json_schema=json.dumps(SCHEMA)))
+        r = await collect(
+            inst.generate(GenerateSpec(prompt=prompt, params=params, add_bos=True, json_schema=json.dumps(SCHEMA)))
+        )
         assert r.last.done_reason == common_pb2.DONE_REASON_STOP, r.text  # the grammar completed, then EOS
         validate(json.loads(r.text), SCHEMA)
 
@@ -60,19 +63,23 @@ async def test_json_schema_wins_over_grammar_and_bad_schemas_are_refused(inst: I
     params = SamplingParams(temperature=0, num_predict=40)
     schema = json.dumps({"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]})
     r = await collect(
-        inst.generate(prompt=turn("Is water wet?"), params=params, grammar='root ::= "x"', json_schema=schema)
+        inst.generate(
+            GenerateSpec(prompt=turn("Is water wet?"), params=params, grammar='root ::= "x"', json_schema=schema)
+        )
     )
     assert isinstance(json.loads(r.text)["ok"], bool)
     for bad in ("{not json", '{"type": "object", "properties": {"a": {"$ref": "#/nowhere"}}}'):
         with pytest.raises(CorralError) as exc:
-            await collect(inst.generate(prompt=turn("x"), json_schema=bad))
+            await collect(inst.generate(GenerateSpec(prompt=turn("x"), json_schema=bad)))
         assert exc.value.reason == common_pb2.ERROR_REASON_INVALID_ARGUMENT
 
 
 async def test_logprobs_per_token_with_alternatives(inst: Instance) -> None:
     params = SamplingParams(temperature=0, num_predict=6)
     r = await collect(
-        inst.generate(prompt=turn("Say hello."), params=params, add_bos=True, logprobs=True, top_logprobs=5)
+        inst.generate(
+            GenerateSpec(prompt=turn("Say hello."), params=params, add_bos=True, logprobs=True, top_logprobs=5)
+        )
     )
     positions = [p for e in r.events for p in e.logprobs]
     assert len(positions) == len(r.token_ids) == 6
@@ -84,9 +91,9 @@ async def test_logprobs_per_token_with_alternatives(inst: Instance) -> None:
         assert p.sampled.logprob == pytest.approx(values[0], abs=1e-5)
         assert p.sampled.bytes.decode("utf-8", "replace") == p.sampled.token
     # top_logprobs 0: only the sampled token; more than 20 is clamped.
-    r0 = await collect(inst.generate(prompt=turn("Say hello."), params=params, logprobs=True))
+    r0 = await collect(inst.generate(GenerateSpec(prompt=turn("Say hello."), params=params, logprobs=True)))
     assert all(not p.top for e in r0.events for p in e.logprobs)
-    r30 = await collect(inst.generate(prompt=turn("Say hello."), params=params, top_logprobs=30))
+    r30 = await collect(inst.generate(GenerateSpec(prompt=turn("Say hello."), params=params, top_logprobs=30)))
     assert all(len(p.top) == 20 for e in r30.events for p in e.logprobs)
 
 
@@ -121,7 +128,9 @@ async def test_batch_embeddings_equal_one_by_one(inst: Instance) -> None:
     assert n_ids == len(ids) and cosine(by_ids[0], batch[0]) >= 0.999
     # Generation still works: embeddings use their own context.
     r = await collect(
-        inst.generate(prompt=turn("Hi"), params=SamplingParams(temperature=0, num_predict=3), add_bos=True)
+        inst.generate(
+            GenerateSpec(prompt=turn("Hi"), params=SamplingParams(temperature=0, num_predict=3), add_bos=True)
+        )
     )
     assert r.last.stats is not None and r.last.stats.eval_count == 3
 
@@ -140,11 +149,11 @@ async def test_embedding_truncation_and_limits(inst: Instance) -> None:
 
 
 async def test_truncate_keeps_num_keep_and_the_newest_tokens(inst: Instance) -> None:
-    prompt = [2] + [9259] * 700  # longer than num_ctx 512
+    prompt = (2,) + (9259,) * 700  # longer than num_ctx 512
     params = SamplingParams(temperature=0, num_predict=2, num_keep=4)
     with pytest.raises(CorralError):
-        await collect(inst.generate(prompt_tokens=prompt, params=params))
-    r = await collect(inst.generate(prompt_tokens=prompt, params=params, truncate=True))
+        await collect(inst.generate(GenerateSpec(prompt_tokens=prompt, params=params)))
+    r = await collect(inst.generate(GenerateSpec(prompt_tokens=prompt, params=params, truncate=True)))
     s = r.last.stats
     assert s is not None and s.eval_count == 2
     # Ollama's limit: num_ctx - max((num_ctx - keep) / 2, 1) with keep = num_keep + BOS.
@@ -167,7 +176,9 @@ async def test_decode_retries_with_half_the_batch(inst: Instance) -> None:
     await inst.call(refuse_big)
     try:
         params = SamplingParams(temperature=0, num_predict=4)
-        r = await collect(inst.generate(prompt=turn("Tell me about retries " * 8), params=params, add_bos=True))
+        r = await collect(
+            inst.generate(GenerateSpec(prompt=turn("Tell me about retries " * 8), params=params, add_bos=True))
+        )
     finally:
         await inst.call(lambda nm: delattr(nm, "decode"))
     assert r.last.stats is not None and r.last.stats.eval_count == 4
@@ -182,10 +193,14 @@ async def test_grammar_subset_resampling_equals_the_full_filter(
 
     prompt = turn("Invent a person and reply with JSON: name, age and pets.")
     schema = json.dumps(SCHEMA)
-    await collect(inst.generate(prompt=prompt, params=SamplingParams(num_predict=0), add_bos=True))
+    await collect(inst.generate(GenerateSpec(prompt=prompt, params=SamplingParams(num_predict=0), add_bos=True)))
     for params in (SamplingParams(temperature=0, num_predict=60), SamplingParams(seed=3, top_k=40, num_predict=60)):
-        fast = await collect(inst.generate(prompt=prompt, params=params, add_bos=True, json_schema=schema))
+        fast = await collect(
+            inst.generate(GenerateSpec(prompt=prompt, params=params, add_bos=True, json_schema=schema))
+        )
         with monkeypatch.context() as m:
             m.setattr(batcher, "exact_subset_k", lambda _p: 0)
-            full = await collect(inst.generate(prompt=prompt, params=params, add_bos=True, json_schema=schema))
+            full = await collect(
+                inst.generate(GenerateSpec(prompt=prompt, params=params, add_bos=True, json_schema=schema))
+            )
         assert fast.text and fast.token_ids == full.token_ids

@@ -13,7 +13,9 @@ from corral.errors import from_rpc_error
 from corral.grpc_server import GrpcService, channel
 from corral.v1 import common_pb2, runner_pb2, runner_pb2_grpc
 from services.runner.core import Runner
-from services.runner.servicer import RunnerServicer, register
+from services.runner.jobs import GenerateSpec, Job
+from services.runner.sampling import SamplingParams
+from services.runner.servicer import RunnerServicer, generate_spec, register
 from tests.assets import gemma_digest
 from tests.runner.conftest import PROMPT, FakeProbe, eventually
 
@@ -54,6 +56,39 @@ def gen_request(**sampling: object) -> runner_pb2.GenerateRequest:
         sampling=common_pb2.SamplingOptions(**sampling),  # type: ignore[arg-type]
         request_id="req-1",
     )
+
+
+def test_generate_spec_from_the_request() -> None:
+    """Unset proto fields give GenerateSpec's defaults; the Job resolves the logprobs options."""
+    assert generate_spec(runner_pb2.GenerateRequest(instance_id=INSTANCE)) == GenerateSpec()
+    req = runner_pb2.GenerateRequest(
+        instance_id=INSTANCE,
+        prompt="p",
+        prompt_tokens=[2, 9259],
+        add_bos=True,
+        sampling=common_pb2.SamplingOptions(temperature=0.0, num_predict=5, stop=["x"]),
+        grammar="g",
+        json_schema="{}",
+        top_logprobs=30,
+        truncate=True,
+        request_id="req-1",
+    )
+    spec = generate_spec(req)
+    assert spec == GenerateSpec(
+        prompt="p",
+        prompt_tokens=(2, 9259),
+        add_bos=True,
+        params=SamplingParams(temperature=0.0, num_predict=5, stop=("x",)),
+        grammar="g",
+        json_schema="{}",
+        top_logprobs=30,
+        truncate=True,
+        request_id="req-1",
+    )
+    job = Job(spec, emit=lambda _ev: None)
+    assert (job.logprobs, job.top_logprobs) == (True, 20)  # top_logprobs > 0 implies logprobs; at most 20
+    plain = Job(GenerateSpec(top_logprobs=-1), emit=lambda _ev: None)
+    assert (plain.logprobs, plain.top_logprobs) == (False, 0)
 
 
 async def test_load_is_idempotent_and_reports_memory(stub: runner_pb2_grpc.RunnerServiceStub, gemma_path: Path) -> None:

@@ -12,6 +12,7 @@ from corral.errors import CorralError
 from corral.v1 import common_pb2
 from services.runner.embed import EmbedInput, embed
 from services.runner.engine import Instance
+from services.runner.jobs import GenerateSpec
 from services.runner.native import LoadSpec
 from services.runner.sampling import SamplingParams
 from tests.ggufs import write_tiny_gguf
@@ -24,16 +25,18 @@ async def test_context_shift_lets_generation_run_past_the_context(tmp_path: Path
     inst = Instance("shift", LoadSpec(str(model.path), num_ctx=64, num_parallel=2))
     await inst.start()
     try:
-        prompt = [1] + [260 + i % 10 for i in range(40)]
+        prompt = (1, *(260 + i % 10 for i in range(40)))
         # High temperature over the whole vocabulary: EOS (1 of 273) is drawn rarely.
         params = SamplingParams(temperature=1.5, top_k=0, top_p=1.0, seed=11, num_predict=150, num_keep=8)
-        r = await collect(inst.generate(prompt_tokens=prompt, params=params))
+        r = await collect(inst.generate(GenerateSpec(prompt_tokens=prompt, params=params)))
         s = r.last.stats
         assert s is not None
         # 41 prompt tokens + 150 generated in a 64-token context: it shifted several times.
         assert r.last.done_reason == common_pb2.DONE_REASON_LENGTH and s.eval_count == 150
         # The slot's cache now holds the kept prefix; a new request still works.
-        again = await collect(inst.generate(prompt_tokens=prompt, params=SamplingParams(temperature=0, num_predict=3)))
+        again = await collect(
+            inst.generate(GenerateSpec(prompt_tokens=prompt, params=SamplingParams(temperature=0, num_predict=3)))
+        )
         assert again.last.stats is not None and again.last.stats.eval_count >= 1
     finally:
         await inst.stop()
@@ -55,7 +58,7 @@ async def test_bert_embeddings_batch_equals_one_by_one(tmp_path: Path, pooling: 
         assert float(np.dot(batch[0], batch[1])) < 0.999  # different inputs, different vectors
         # Generation is refused; over-long inputs are cut only with truncate.
         with pytest.raises(CorralError) as exc:
-            await collect(inst.generate(prompt="hello"))
+            await collect(inst.generate(GenerateSpec(prompt="hello")))
         assert exc.value.reason == common_pb2.ERROR_REASON_UNSUPPORTED
         long = EmbedInput(text="sea " * 300)
         with pytest.raises(CorralError):
@@ -107,7 +110,7 @@ async def first_logprobs(model: Path, adapters: tuple[tuple[str, float], ...]) -
     await inst.start()
     try:
         params = SamplingParams(temperature=0, num_predict=1)
-        r = await collect(inst.generate(prompt_tokens=[1, 260, 261, 262], params=params, top_logprobs=20))
+        r = await collect(inst.generate(GenerateSpec(prompt_tokens=(1, 260, 261, 262), params=params, top_logprobs=20)))
         top = next(p for e in r.events for p in e.logprobs).top
         return np.array(sorted((t.token_id, t.logprob) for t in top))
     finally:
