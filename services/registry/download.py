@@ -29,7 +29,7 @@ from corral.errors import CorralError
 from corral.v1 import common_pb2
 from services.registry.digests import blob_filename, from_hex
 from services.registry.index import Index, PartState
-from services.registry.remote import Remote, raise_for_status, remote_error
+from services.registry.remote import Refused, Remote, raise_for_status, remote_error
 from services.registry.store import Store, _fsync_dir
 
 log = logging.getLogger(__name__)
@@ -182,6 +182,8 @@ class BlobDownload:
                     await self._fetch(pool, fd, part)
                 except _Stalled:
                     log.warning("part %d of %s stalled; retrying", part.part, self.digest)
+                except Refused:
+                    raise  # a refused redirect or denied access: asking again changes nothing
                 except (CorralError, httpx.HTTPError, OSError) as exc:
                     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
                         raise

@@ -1,13 +1,18 @@
 """An OCI distribution (Docker registry v2) client, as Ollama talks to registries.
 
 `Remote` wraps one repository (`<host>/v2/<namespace>/<model>`): it answers
-bearer-token challenges (the token realm must be on the registry's host),
-follows redirects only on the same host, and turns HTTP failures into
-CorralErrors with Ollama's messages. Plain HTTP needs `insecure`.
+bearer-token challenges (the token realm must be on the registry's host; basic
+credentials for the token request come from Docker's config file), follows
+redirects only on the same host, and turns HTTP failures into CorralErrors with
+Ollama's messages. Plain HTTP needs `insecure`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import json
+import os
 import re
 import time
 from collections.abc import AsyncIterable, AsyncIterator
@@ -33,6 +38,14 @@ def remote_error(message: str, code: grpc.StatusCode = grpc.StatusCode.INTERNAL)
     return CorralError(common_pb2.ERROR_REASON_UNSPECIFIED, message, code)
 
 
+class Refused(CorralError):
+    """A failure that retrying cannot change: a refused redirect or token realm, denied access."""
+
+
+def refused(message: str, code: grpc.StatusCode = grpc.StatusCode.INTERNAL) -> Refused:
+    return Refused(common_pb2.ERROR_REASON_UNSPECIFIED, message, code)
+
+
 def invalid(message: str) -> CorralError:
     return CorralError(common_pb2.ERROR_REASON_INVALID_ARGUMENT, message)
 
@@ -48,6 +61,35 @@ def parse_remote_name(raw: str, insecure: bool) -> tuple[ModelName, str]:
     elif lowered.startswith("https://"):
         scheme = "https"
     return parse_name(raw), scheme
+
+
+def docker_credentials(host: str) -> tuple[str, str] | None:
+    """`host`'s user and password from Docker's config file, if it has an entry for it.
+
+    `$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`: an `auths` entry keyed by
+    `host[:port]` (or a URL on it) with `auth` (base64 `user:password`) or `username` and
+    `password`. Credential helpers (`credsStore`, `credHelpers`) and identity tokens are not used.
+    """
+    folder = os.environ.get("DOCKER_CONFIG") or os.path.join(os.path.expanduser("~"), ".docker")
+    try:
+        with open(os.path.join(folder, "config.json"), encoding="utf-8") as f:
+            auths = json.load(f).get("auths") or {}
+        entries = list(auths.items())
+    except (OSError, ValueError, AttributeError):
+        return None
+    for key, entry in entries:
+        if not isinstance(entry, dict) or urlsplit(key if "://" in key else f"//{key}").netloc.lower() != host.lower():
+            continue
+        if entry.get("auth"):
+            try:
+                user, sep, password = base64.b64decode(entry["auth"]).decode().partition(":")
+            except ValueError:  # bad base64 or UTF-8
+                continue
+            if sep:
+                return user, password
+        elif isinstance(entry.get("username"), str) and isinstance(entry.get("password"), str):
+            return entry["username"], entry["password"]
+    return None
 
 
 class Remote:
@@ -71,7 +113,7 @@ class Remote:
         """`url` resolved against the registry; refuses any other host."""
         full = urljoin(self.base + "/", url)
         if urlsplit(full).netloc.lower() != self._host:
-            raise remote_error(f"refusing redirect to another host: {urlsplit(full).netloc}")
+            raise refused(f"refusing redirect to another host: {urlsplit(full).netloc}")
         return full
 
     def _headers(self, extra: dict[str, str] | None) -> dict[str, str]:
@@ -111,32 +153,39 @@ class Remote:
                 return
             finally:
                 await resp.aclose()
-        raise remote_error(f"too many redirects for {url}")
+        raise refused(f"too many redirects for {url}")
 
     async def _authenticate(self, challenge: str) -> None:
         scheme, _, params = challenge.partition(" ")
         if scheme.lower() != "bearer":
-            raise remote_error("unauthorized: access denied", grpc.StatusCode.UNAUTHENTICATED)
+            raise refused("unauthorized: access denied", grpc.StatusCode.UNAUTHENTICATED)
         fields = dict(_CHALLENGE_RE.findall(params))
         realm = fields.get("realm", "")
         if not realm or urlsplit(realm).hostname != urlsplit(self.base).hostname:
-            raise remote_error(f"unauthorized: token realm {realm!r} is not on the registry's host",
-                               grpc.StatusCode.UNAUTHENTICATED)  # fmt: skip
+            raise refused(f"unauthorized: token realm {realm!r} is not on the registry's host",
+                          grpc.StatusCode.UNAUTHENTICATED)  # fmt: skip
         query = {k: v for k, v in fields.items() if k in ("service", "scope")}
         query["ts"] = str(int(time.time()))
+        auth = None
+        # Credentials travel in clear text only where the user chose plain HTTP for this registry.
+        if urlsplit(realm).scheme == "https" or self.base.startswith("http://"):
+            credentials = await asyncio.to_thread(docker_credentials, self._host)
+            auth = httpx.BasicAuth(*credentials) if credentials else None
         try:
-            resp = await self.client.get(realm, params=query, headers={"User-Agent": USER_AGENT}, timeout=30)
+            resp = await self.client.get(realm, params=query, headers={"User-Agent": USER_AGENT}, auth=auth, timeout=30)
         except httpx.HTTPError as exc:
             raise remote_error(f"token request failed: {exc}", grpc.StatusCode.UNAVAILABLE) from exc
+        if resp.status_code >= 500:  # the token service is down: worth another try
+            raise remote_error(f"token request failed: {resp.status_code}", grpc.StatusCode.UNAVAILABLE)
         if resp.status_code != 200:
-            raise remote_error("unauthorized: access denied", grpc.StatusCode.UNAUTHENTICATED)
+            raise refused("unauthorized: access denied", grpc.StatusCode.UNAUTHENTICATED)
         try:
             body = resp.json()
             token = body.get("token") or body.get("access_token") or ""
         except (ValueError, AttributeError):
             token = ""
         if not isinstance(token, str) or not token:
-            raise remote_error("unauthorized: the token service returned no token", grpc.StatusCode.UNAUTHENTICATED)
+            raise refused("unauthorized: the token service returned no token", grpc.StatusCode.UNAUTHENTICATED)
         self._token = token
 
     async def get_manifest(self) -> bytes:
@@ -191,5 +240,5 @@ async def raise_for_status(resp: httpx.Response) -> None:
         return
     body = (await resp.aread())[:2048].decode("utf-8", errors="replace").strip()
     if resp.status_code == 401:
-        raise remote_error("unauthorized: access denied", grpc.StatusCode.UNAUTHENTICATED)
+        raise refused("unauthorized: access denied", grpc.StatusCode.UNAUTHENTICATED)
     raise remote_error(f"{resp.status_code}: {body}")
