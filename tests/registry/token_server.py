@@ -40,6 +40,13 @@ def grant_all(_user: str | None, _type: str, _name: str, actions: list[str]) -> 
     return actions
 
 
+def canonical_scope(scope: str) -> str:
+    """`repository:<name>:<actions>` with the actions sorted: the registry's challenge lists them in
+    no fixed order (push,pull or pull,push)."""
+    head, sep, actions = scope.rpartition(":")
+    return f"{head}{sep}{','.join(sorted(actions.split(',')))}" if sep else scope
+
+
 def _b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
@@ -100,7 +107,7 @@ class TokenServer:
         return f"http://{self.bind}:{self.port}/token"
 
     def scopes(self) -> list[str]:
-        """Every scope asked for, in order, over all requests."""
+        """Every scope asked for, in order, over all requests (actions sorted: see canonical_scope)."""
         with self._lock:
             return [s for r in self.requests for s in r.scopes]
 
@@ -166,7 +173,7 @@ class TokenServer:
             status, extra = 200, {}
             body = {"token": token, "access_token": token, "expires_in": self.expires_in, "issued_at": issued}
         with self._lock:
-            self.requests.append(TokenRequest(service, tuple(scopes), user, status))
+            self.requests.append(TokenRequest(service, tuple(canonical_scope(sc) for sc in scopes), user, status))
         data = json.dumps(body).encode()
         h.send_response(status)
         h.send_header("Content-Type", "application/json")
