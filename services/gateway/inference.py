@@ -7,13 +7,13 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 
 import grpc
 
 from corral.errors import CorralError, from_rpc_error
-from corral.v1 import common_pb2, registry_pb2, runner_pb2, scheduler_pb2
+from corral.v1 import common_pb2, registry_pb2, runner_pb2, runner_pb2_grpc, scheduler_pb2
 from services.gateway import errors
 from services.gateway.backends import Backends
 
@@ -47,6 +47,7 @@ class Lease:
     runner_address: str
     instance_id: str
     load_duration_ns: int
+    context_length: int = 0
 
 
 async def acquire(
@@ -65,7 +66,9 @@ async def acquire(
     except grpc.RpcError as err:
         raise errors.from_rpc(err, model.name) from err
     # Ollama's load_duration is the time spent getting a runner, loaded or not.
-    return Lease(resp.lease_id, resp.runner_address, resp.instance_id, time.monotonic_ns() - started)
+    return Lease(
+        resp.lease_id, resp.runner_address, resp.instance_id, time.monotonic_ns() - started, resp.context_length
+    )
 
 
 _releasing: set[asyncio.Task[None]] = set()
@@ -97,11 +100,37 @@ async def unload(backends: Backends, model: registry_pb2.Model) -> None:
 
 
 @dataclass
+class Instance:
+    """The leased instance: its runner, id and context length (num_ctx), for the calls a
+    generation makes besides Generate. Errors are the raw gRPC ones."""
+
+    runner: runner_pb2_grpc.RunnerServiceStub
+    id: str
+    context_length: int
+
+    async def tokenize(self, text: str, add_special: bool) -> list[int]:
+        """Tokens of `text`, special-token text parsed as the runner parses prompts."""
+        req = runner_pb2.TokenizeRequest(instance_id=self.id, text=text, add_special=add_special, parse_special=True)
+        return list((await self.runner.Tokenize(req)).tokens)
+
+    async def detokenize(self, tokens: Sequence[int]) -> str:
+        resp = await self.runner.Detokenize(runner_pb2.DetokenizeRequest(instance_id=self.id, tokens=tokens))
+        return resp.text
+
+
+# Runs on the leased instance before Generate and may rewrite the request's prompt; runs
+# again on the next instance when the first one's runner failed.
+Prepare = Callable[[Instance, runner_pb2.GenerateRequest], Awaitable[None]]
+
+
+@dataclass
 class Chunk:
-    """One runner chunk, plus the lease's load time on the first one."""
+    """One runner chunk, plus the lease's load time on the first one and, on the last one
+    when asked for, the tokens of prompt + output (Ollama's `context`)."""
 
     response: runner_pb2.GenerateResponse
-    load_duration_ns: int
+    load_duration_ns: int = 0
+    context: list[int] = field(default_factory=list)
 
 
 def _runner_error(rpc_err: grpc.RpcError) -> tuple[CorralError, bool]:
@@ -116,27 +145,53 @@ def _runner_error(rpc_err: grpc.RpcError) -> tuple[CorralError, bool]:
     return err, failed
 
 
+async def _stream(
+    instance: Instance, request: runner_pb2.GenerateRequest, context: bool
+) -> AsyncGenerator[Chunk, None]:
+    """The runner's Generate stream. With `context`, the last chunk carries the tokens of
+    prompt + whole output, tokenized as Ollama does (no special tokens added)."""
+    call = instance.runner.Generate(request)
+    text: list[str] = []
+    try:
+        async for resp in call:
+            chunk = Chunk(resp)
+            if context:
+                text.append(resp.text)
+                if resp.done:
+                    chunk.context = await instance.tokenize(request.prompt + "".join(text), add_special=False)
+            yield chunk
+    finally:
+        call.cancel()
+
+
 async def generate(
     backends: Backends,
     model: registry_pb2.Model,
     request: runner_pb2.GenerateRequest,
     load: common_pb2.LoadOptions,
     keep_alive: float | None,
-) -> AsyncIterator[Chunk]:
-    """Stream a generation. A runner that dies before the first token is retried once on
-    whatever runner the scheduler picks next; closing the iterator cancels the runner call."""
+    prepare: Prepare | None = None,
+    context: bool = False,
+) -> AsyncGenerator[Chunk, None]:
+    """Stream a generation. `prepare` finishes the request on the leased instance. A runner
+    that dies before the first token is retried once on whatever runner the scheduler picks
+    next; closing the iterator cancels the runner call."""
     request_id = request.request_id or uuid.uuid4().hex
     request.request_id = request_id
     for attempt in (1, 2):
         lease = await acquire(backends, model, load, keep_alive, request_id)
+        instance = Instance(backends.runner(lease.runner_address), lease.instance_id, lease.context_length)
         request.instance_id = lease.instance_id
-        call = backends.runner(lease.runner_address).Generate(request)
         started = False
         failed = False
         try:
-            async for resp in call:
-                yield Chunk(resp, lease.load_duration_ns if not started else 0)
-                started = True
+            if prepare is not None:
+                await prepare(instance, request)
+            async with contextlib.aclosing(_stream(instance, request, context)) as chunks:
+                async for chunk in chunks:
+                    chunk.load_duration_ns = 0 if started else lease.load_duration_ns
+                    yield chunk
+                    started = True
             return
         except grpc.RpcError as rpc_err:
             err, failed = _runner_error(rpc_err)
@@ -145,7 +200,6 @@ async def generate(
                 continue
             raise errors.from_corral(err, model.name) from rpc_err
         finally:
-            call.cancel()
             await release(backends, lease, runner_failed=failed)
 
 

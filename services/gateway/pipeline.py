@@ -4,12 +4,14 @@ thinking and tool-call parsers over its text. Surfaces only reshape the events."
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any
 
 from corral.v1 import common_pb2, registry_pb2, runner_pb2
-from services.gateway import formats, inference, options, prompts
+from services.gateway import formats, inference, options, prompts, tokens
 from services.gateway.backends import Backends
 from services.gateway.errors import HTTPError, bad_request
 from services.gateway.prompts import Prompt, Think
@@ -80,7 +82,10 @@ class Job:
     logprobs: bool = False
     top_logprobs: int = 0
     prompt_tokens: list[int] = field(default_factory=list)
-    truncate: bool = True  # Ollama's default: cut the oldest tokens rather than fail
+    truncate: bool = True  # Ollama's default: cut the oldest messages, then tokens, rather than fail
+    history: tokens.History | None = None  # a chat's messages, re-rendered to drop the oldest
+    context: list[int] = field(default_factory=list)  # generate's deprecated context, written first
+    return_context: bool = False  # the final event carries the tokens of prompt + output
 
 
 @dataclass
@@ -92,6 +97,7 @@ class Event:
     done: bool = False
     final: runner_pb2.GenerateResponse | None = None
     load_ns: int = 0
+    context: list[int] = field(default_factory=list)
 
     def empty(self) -> bool:
         return not (self.content or self.thinking or self.tool_calls or self.logprobs or self.done)
@@ -112,6 +118,24 @@ def runner_request(job: Job) -> runner_pb2.GenerateRequest:
     return req
 
 
+def preparer(job: Job) -> inference.Prepare | None:
+    """The prompt's last steps, on the leased instance because they need its tokenizer and
+    context length: drop the oldest chat messages that do not fit, write `context` first."""
+    history = job.history if job.truncate else None  # `truncate: false` keeps every message
+    if history is None and not job.context:
+        return None
+
+    async def prepare(instance: inference.Instance, req: runner_pb2.GenerateRequest) -> None:
+        prompt = job.prompt
+        if history is not None:
+            prompt = await tokens.fit_history(instance, history, prompt)
+        if job.context:
+            prompt = await tokens.with_context(instance, job.model, job.context, prompt)
+        req.prompt, req.add_bos = prompt.text, prompt.add_bos
+
+    return prepare
+
+
 async def run(backends: Backends, job: Job) -> AsyncGenerator[Event, None]:
     if not 0 <= job.top_logprobs <= 20:
         raise bad_request("top_logprobs must be between 0 and 20", "invalid_top_logprobs")
@@ -119,20 +143,24 @@ async def run(backends: Backends, job: Job) -> AsyncGenerator[Event, None]:
     thinker = ThinkingParser(job.think_tags, job.prompt.text) if job.think else None
     tooler = ToolParser(job.tools, job.tool_tag) if job.tools else None
     load_ns = 0
-    async for chunk in inference.generate(backends, job.model, req, job.load, job.keep_alive):
-        load_ns += chunk.load_duration_ns
-        r = chunk.response
-        ev = Event(done=r.done, logprobs=logprobs_json(r.logprobs) if r.logprobs else [])
-        text = r.text
-        if thinker is not None:
-            ev.thinking, text = thinker.add(text, r.done)
-        if tooler is not None:
-            ev.tool_calls, text = tooler.add(text, r.done)
-        ev.content = text
-        if r.done:
-            ev.final, ev.load_ns = r, load_ns
-        if not ev.empty():
-            yield ev
+    chunks = inference.generate(
+        backends, job.model, req, job.load, job.keep_alive, preparer(job), context=job.return_context
+    )
+    async with contextlib.aclosing(chunks):  # closing the events ends the lease at once
+        async for chunk in chunks:
+            load_ns += chunk.load_duration_ns
+            r = chunk.response
+            ev = Event(done=r.done, logprobs=logprobs_json(r.logprobs) if r.logprobs else [])
+            text = r.text
+            if thinker is not None:
+                ev.thinking, text = thinker.add(text, r.done)
+            if tooler is not None:
+                ev.tool_calls, text = tooler.add(text, r.done)
+            ev.content = text
+            if r.done:
+                ev.final, ev.load_ns, ev.context = r, load_ns, chunk.context
+            if not ev.empty():
+                yield ev
 
 
 async def prepare_chat(
@@ -154,13 +182,15 @@ async def prepare_chat(
     merged = options.merge(options.model_params(model), request_options)
     check_capabilities(model, name, "chat", tools)
     resolved = resolve_think(model, name, think or Think(), relax=relax_think)
-    # Templates are untrusted and may run up to their time limit: keep them off the event loop.
-    rendered = await asyncio.to_thread(
-        prompts.render_chat, model, prompts.with_system(model, messages), tools, resolved
+    history = tokens.History(
+        prompts.with_system(model, messages), functools.partial(prompts.render_chat, model, tools=tools, think=resolved)
     )
+    # Templates are untrusted and may run up to their time limit: keep them off the event loop.
+    rendered = await asyncio.to_thread(history.render, history.messages)
     return Job(
         model=model,
         prompt=rendered,
+        history=history,
         sampling=options.to_sampling(merged),
         load=options.to_load(merged),
         keep_alive=keep_alive,

@@ -181,6 +181,12 @@ def render_chat(
     return Prompt(text, _bos(model, text), "plain")
 
 
+def with_prefix(model: registry_pb2.Model, prefix: str, prompt: Prompt) -> Prompt:
+    """`prefix` written before a rendered prompt (generate's deprecated `context`)."""
+    text = prefix + prompt.text
+    return Prompt(text, _bos(model, text), prompt.kind)
+
+
 def render_generate(
     model: registry_pb2.Model,
     prompt: str,

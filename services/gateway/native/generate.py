@@ -11,12 +11,14 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict
 
+from corral.v1 import runner_pb2
 from services.gateway import inference, options, pipeline, prompts
 from services.gateway.errors import bad_request
 from services.gateway.http import collect, json_response, ndjson_stream, now_rfc3339, parse_body
 from services.gateway.native.common import keep_alive, metrics
 
 router = APIRouter()
+MAX_TOKEN_ID = 2**31 - 1
 
 
 class GenerateRequest(BaseModel):
@@ -40,6 +42,20 @@ class GenerateRequest(BaseModel):
     top_logprobs: int = 0
 
 
+def _check_context(context: list[int] | None) -> list[int]:
+    if context and not all(0 <= t <= MAX_TOKEN_ID for t in context):
+        raise bad_request("context token id out of range", "invalid_context")
+    return context or []
+
+
+def _final(final: runner_pb2.GenerateResponse, context: list[int], started: int, load_ns: int) -> dict[str, Any]:
+    """The last chunk's fields in Ollama's order: done_reason, context, then the metrics."""
+    out = metrics(final, started, load_ns)
+    if context:
+        out = {"done_reason": out.pop("done_reason"), "context": context, **out}
+    return out
+
+
 def _merge(chunks: list[dict[str, Any]]) -> dict[str, Any]:
     final = dict(chunks[-1])
     final["response"] = "".join(c.get("response", "") for c in chunks)
@@ -60,6 +76,7 @@ async def generate(request: Request) -> Response:
         raise bad_request("model is required", "model_required")
     if req.raw and (req.template or req.system or req.context):
         raise bad_request("raw mode does not support template, system, or context")
+    context = _check_context(req.context)
     think = pipeline.parse_think(req.think)
     backends = request.app.state.backends
     model = await inference.resolve(backends, req.model)
@@ -95,8 +112,10 @@ async def generate(request: Request) -> Response:
         think_tags=prompts.thinking_tags(model, req.template),
         logprobs=req.logprobs,
         top_logprobs=req.top_logprobs,
+        truncate=req.truncate,
+        context=context,
+        return_context=not req.raw,  # Ollama returns no context in raw mode
     )
-    job.truncate = req.truncate
     runner_stream = pipeline.run(backends, job)
 
     async def chunks() -> AsyncGenerator[dict[str, Any], None]:
@@ -109,7 +128,7 @@ async def generate(request: Request) -> Response:
                 if ev.logprobs:
                     out["logprobs"] = ev.logprobs
                 if ev.final is not None:
-                    out.update(metrics(ev.final, started, ev.load_ns))
+                    out.update(_final(ev.final, ev.context, started, ev.load_ns))
                 yield out
         finally:
             await runner_stream.aclose()
