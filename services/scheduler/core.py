@@ -12,7 +12,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,13 +99,24 @@ class Scheduler:
             )
             self._cond.notify_all()
 
-    async def heartbeat(self, runner_id: str, devices: list[Device]) -> bool:
+    async def heartbeat(self, runner_id: str, devices: list[Device], instance_ids: Sequence[str] = ()) -> bool:
         async with self._cond:
             runner = self.inv.runners.get(runner_id)
             if runner is None:
                 return False
             runner.on_report(devices, time.monotonic(), settle=self.config.release_settle)
-            return True
+            strays = [i for i in instance_ids if i not in self.inv.instances]
+        for instance_id in strays:
+            self._spawn(self._unload_stray(runner, instance_id))
+        return True
+
+    async def _unload_stray(self, runner: Runner, instance_id: str) -> None:
+        """An instance the runner holds that we do not know (loaded before this scheduler
+        restarted, or a load we gave up on that finished anyway) only wastes its memory."""
+        log.warning(
+            "unloading an instance unknown to the scheduler", extra=fields(runner=runner.id, instance=instance_id)
+        )
+        await self.client.unload(runner.address, instance_id)
 
     def _forget_runner(self, runner_id: str, why: str) -> None:
         """Drop a runner and every instance on it. Caller holds the lock."""

@@ -36,7 +36,8 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
     async def Heartbeat(
         self, request: scheduler_pb2.HeartbeatRequest, context: grpc.aio.ServicerContext
     ) -> scheduler_pb2.HeartbeatResponse:
-        known = await self.core.heartbeat(request.runner_id, [Device.from_proto(d) for d in request.devices])
+        devices = [Device.from_proto(d) for d in request.devices]
+        known = await self.core.heartbeat(request.runner_id, devices, request.instance_ids)
         return scheduler_pb2.HeartbeatResponse(known=known)
 
     async def AcquireModel(

@@ -11,7 +11,7 @@ import pytest
 
 from corral.errors import from_rpc_error
 from corral.grpc_server import GrpcService, channel
-from corral.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc
+from corral.v1 import common_pb2, runner_pb2, scheduler_pb2, scheduler_pb2_grpc
 from services.scheduler.core import QUEUE_FULL_MESSAGE, Scheduler, SchedulerConfig
 from services.scheduler.runners import GrpcRunnerClient
 from services.scheduler.servicer import SchedulerServicer
@@ -280,6 +280,23 @@ async def test_one_runner_with_two_gpus_spreads_what_one_cannot_hold(stack: Stac
     assert [d.device.id for d in r.devices] == ["cuda:0", "cuda:1"] and r.loaded_models == 2
     assert all(d.allocated_bytes > 0 for d in r.devices)
     assert info.max_loaded_models == 6  # 3 per GPU, whichever runner drives them
+
+
+async def test_instances_unknown_to_the_scheduler_are_unloaded(stack: Stack) -> None:
+    """A runner still holding a model from before a scheduler restart gets it unloaded."""
+    runner = FakeRunner("survivor", [cpu_device()], stack.address)
+    runner.loaded["ghost"] = runner_pb2.LoadModelRequest(instance_id="ghost")
+    await runner.start()
+    stack.runners.append(runner)
+    for _ in range(50):  # heartbeats every 0.1 s
+        if "ghost" in runner.unloads:
+            break
+        await asyncio.sleep(0.1)
+    assert not runner.loaded
+    # Instances the scheduler placed itself stay loaded.
+    await stack.stub.AcquireModel(acquire_req())
+    await asyncio.sleep(0.5)  # several heartbeats
+    assert len(runner.loaded) == 1 and runner.unloads == ["ghost"]
 
 
 @pytest.mark.parametrize("stack", [{"sched_spread": True}], indirect=True)
