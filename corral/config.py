@@ -61,6 +61,11 @@ VARS: tuple[Var, ...] = (
         "Devices a runner drives: cpu, cuda:N, a list (cuda:0,1) or cuda (every NVIDIA GPU it sees).",
     ),
     Var("CORRAL_RUNNER_ID", "", "Stable runner id; empty = derived from host and device."),
+    Var(
+        "CORRAL_RUNNER_CACHE",
+        "~/.corral/runner-cache",
+        "Where a runner that cannot see the model store keeps the blobs it fetched from the registry.",
+    ),
     Var("CORRAL_HEARTBEAT_INTERVAL", "2s", "How often runners send heartbeats."),
     Var("CORRAL_RUNNER_TIMEOUT", "10s", "A runner silent for this long is considered gone."),
     Var("CORRAL_RUNTIME_DIR", "", "Where `corral serve` puts its Unix sockets; empty = a fresh temporary directory."),
@@ -145,6 +150,7 @@ class Settings:
     runner_advertise_addr: str
     runner_device: str
     runner_id: str
+    runner_cache: Path
     heartbeat_interval_seconds: float
     runner_timeout_seconds: float
     runtime_dir: str
@@ -175,6 +181,7 @@ class Settings:
             runner_advertise_addr=raw("CORRAL_RUNNER_ADVERTISE_ADDR", env) or runner_addr,
             runner_device=raw("CORRAL_RUNNER_DEVICE", env),
             runner_id=raw("CORRAL_RUNNER_ID", env),
+            runner_cache=Path(raw("CORRAL_RUNNER_CACHE", env)).expanduser(),
             heartbeat_interval_seconds=parse_keep_alive(raw("CORRAL_HEARTBEAT_INTERVAL", env), env_style=True),
             runner_timeout_seconds=parse_keep_alive(raw("CORRAL_RUNNER_TIMEOUT", env), env_style=True),
             runtime_dir=raw("CORRAL_RUNTIME_DIR", env),

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from corral.errors import CorralError
 from corral.logs import fields
 from corral.v1 import common_pb2
+from services.runner.blobs import BlobCache
 from services.runner.devices import DeviceInfo, DeviceProbe
 from services.runner.embed import EmbedInput, embed
 from services.runner.engine import GenerationStream, Instance, LoadInfo
@@ -28,10 +29,18 @@ class InstanceState:
     load_progress: float = 1.0
 
 
+def blob_refs(spec: LoadSpec) -> list[tuple[str, str]]:
+    """(path, digest) of the model and then of each adapter."""
+    digests = [*spec.adapter_digests, *[""] * len(spec.adapters)]  # "" where none was given
+    return [(spec.model_path, spec.model_digest), *zip((p for p, _s in spec.adapters), digests, strict=False)]
+
+
 class Runner:
-    def __init__(self, runner_id: str, probe: DeviceProbe) -> None:
+    def __init__(self, runner_id: str, probe: DeviceProbe, blobs: BlobCache | None = None) -> None:
+        """`blobs` fetches what this host cannot open from the registry; None = load paths as given."""
         self.runner_id = runner_id
         self.probe = probe
+        self.blobs = blobs
         self._instances: dict[str, Instance] = {}
         self._loading: dict[str, Instance] = {}  # reported by status() with their progress
         self._load_lock = asyncio.Lock()
@@ -68,7 +77,8 @@ class Runner:
             inst = Instance(instance_id, spec)
             self._loading[instance_id] = inst
             try:
-                info = await asyncio.shield(inst.start())
+                local = await self._localize(spec, inst)  # cancelled: the fetch stops, resumable
+                info = await asyncio.shield(inst.start(local))
             except asyncio.CancelledError:
                 # The caller gave up; do not leak a model nobody knows about.
                 task = asyncio.get_running_loop().create_task(inst.stop())
@@ -83,6 +93,18 @@ class Runner:
             extra=fields(instance_id=instance_id, model=spec.model_path, load_ms=info.load_duration_ns // 1_000_000),
         )
         return info
+
+    async def _localize(self, spec: LoadSpec, inst: Instance) -> LoadSpec:
+        """`spec` with paths this host can open, fetching the blobs it cannot see (in the
+        instance's load progress)."""
+        if self.blobs is None:
+            return spec
+        model, *adapters = await self.blobs.ensure_all(blob_refs(spec), inst.progress)
+        return replace(
+            spec,
+            model_path=str(model),
+            adapters=tuple((str(path), scale) for path, (_p, scale) in zip(adapters, spec.adapters, strict=True)),
+        )
 
     async def unload(self, instance_id: str) -> bool:
         inst = self._instances.pop(instance_id, None)

@@ -25,6 +25,7 @@ from corral.v1 import common_pb2
 from services.runner.batcher import Batcher
 from services.runner.jobs import GenerateSpec, GenEvent, Job
 from services.runner.native import LoadSpec, MemoryUsage, NativeModel
+from services.runner.progress import LoadProgress
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -96,9 +97,10 @@ class GenerationStream:
 class Instance:
     def __init__(self, instance_id: str, spec: LoadSpec) -> None:
         self.id = instance_id
-        self.spec = spec
+        self.spec = spec  # as requested; identifies the instance
+        self._local = spec  # what the owner thread loads: spec with this host's paths
         self.info: LoadInfo | None = None
-        self.load_progress = 0.0  # written by the owner thread while loading
+        self.progress = LoadProgress()
         self._stopping = False
         self.active_sequences = 0
         self.queued_requests = 0
@@ -111,8 +113,15 @@ class Instance:
 
     # --- asyncio side ---
 
-    async def start(self) -> LoadInfo:
-        """Loads on the owner thread; raises CorralError(LOAD_FAILED) on failure."""
+    @property
+    def load_progress(self) -> float:
+        return self.progress.value
+
+    async def start(self, local: LoadSpec | None = None) -> LoadInfo:
+        """Loads on the owner thread; raises CorralError(LOAD_FAILED) on failure.
+
+        `local` is the spec with paths this host can open (see blobs.py), if they differ."""
+        self._local = local or self.spec
         self._thread.start()
         self.info = await asyncio.wrap_future(self._loaded)
         return self.info
@@ -163,7 +172,7 @@ class Instance:
     def _run(self) -> None:
         t0 = time.perf_counter_ns()
         try:
-            nm = NativeModel(self.spec, on_progress=self._on_load_progress)
+            nm = NativeModel(self._local, on_progress=self._on_load_progress)
         except BaseException as exc:
             if not isinstance(exc, CorralError):
                 log.exception("load of %s failed", self.id)
@@ -207,7 +216,7 @@ class Instance:
             self._publish(batcher)
 
     def _on_load_progress(self, fraction: float) -> bool:
-        self.load_progress = fraction
+        self.progress.loaded(fraction)
         return not self._stopping  # an unload during the load aborts it
 
     def _publish(self, batcher: Batcher) -> None:

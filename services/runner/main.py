@@ -11,6 +11,7 @@ import socket
 from corral.config import Settings
 from corral.grpc_server import GrpcService, run_until_signal
 from corral.logs import fields
+from services.runner.blobs import BlobCache, RegistryBlobReader
 from services.runner.core import Runner
 from services.runner.devices import DeviceInfo, DeviceProbe, cuda_env, device_tag, probe_for
 from services.runner.native import DEFAULT_NUM_CTX
@@ -50,7 +51,8 @@ async def serve(settings: Settings, probe: DeviceProbe | None = None) -> None:
         probe.close()
         raise
     runner_id = settings.runner_id or f"{socket.gethostname()}-{device_tag(devices)}-{os.getpid()}"
-    runner = Runner(runner_id, probe)
+    reader = RegistryBlobReader(settings.registry_addr)
+    runner = Runner(runner_id, probe, BlobCache(settings.runner_cache, reader))
     service = GrpcService("runner", settings.runner_addr, register(RunnerServicer(runner, load_defaults(settings))))
     link = SchedulerLink(
         runner,
@@ -70,6 +72,7 @@ async def serve(settings: Settings, probe: DeviceProbe | None = None) -> None:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await runner.unload_all()
+        await reader.close()
         probe.close()
 
     await run_until_signal(service, on_start, on_stop)

@@ -77,7 +77,11 @@ class LoadSpec:
     use_mmap: bool | None = None  # None = llama.cpp's choice
     flash_attention: bool | None = None  # None = llama.cpp AUTO
     kv_cache_type: str = "f16"
-    adapters: tuple[tuple[str, float], ...] = ()
+    adapters: tuple[tuple[str, float], ...] = ()  # (path, scale)
+    # Content digests of model_path and of each adapter ("" = unknown): a runner that
+    # cannot open those paths fetches the blobs by digest (blobs.py).
+    model_digest: str = ""
+    adapter_digests: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -84,6 +84,8 @@ def load_spec(req: runner_pb2.LoadModelRequest, defaults: LoadDefaults, devices:
         flash_attention=o.flash_attention if o.HasField("flash_attention") else defaults.flash_attention,
         kv_cache_type=o.kv_cache_type or defaults.kv_cache_type,
         adapters=tuple((a.path, a.scale or 1.0) for a in o.adapters),
+        model_digest=req.model_digest,
+        adapter_digests=tuple(a.digest for a in o.adapters),
     )
 
 

@@ -12,7 +12,12 @@ from services.runner.native import LoadSpec, NativeModel
 
 def test_progress_is_reported_up_to_complete(gemma_path: Path) -> None:
     seen: list[float] = []
-    nm = NativeModel(LoadSpec(str(gemma_path), num_ctx=256), on_progress=lambda f: seen.append(f) or True)
+
+    def record(fraction: float) -> bool:
+        seen.append(fraction)
+        return True
+
+    nm = NativeModel(LoadSpec(str(gemma_path), num_ctx=256), on_progress=record)
     try:
         assert seen and seen == sorted(seen) and seen[-1] == pytest.approx(1.0)
     finally:
