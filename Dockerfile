@@ -21,6 +21,12 @@ COPY . .
 RUN /venv/bin/pip install --no-cache-dir .
 ENV PATH=/venv/bin:$PATH
 
+# Services run unprivileged; a named volume mounted on /models takes this directory's owner.
+RUN useradd --system --uid 10001 --create-home --home-dir /home/corral corral \
+ && mkdir -p /models && chown corral:corral /models
+USER 10001
+ENV HOME=/home/corral
+
 VOLUME ["/models"]
 EXPOSE 11434
 ENTRYPOINT ["corral"]
