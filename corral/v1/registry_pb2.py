@@ -22,12 +22,13 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from corral.v1 import common_pb2 as corral_dot_v1_dot_common__pb2
 from corral.v1 import scheduler_pb2 as corral_dot_v1_dot_scheduler__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63orral/v1/registry.proto\x12\tcorral.v1\x1a\x19\x63orral/v1/scheduler.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"#\n\x13ResolveModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"M\n\x05Layer\x12\x12\n\nmedia_type\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x04\x12\x0c\n\x04\x66rom\x18\x04 \x01(\t\"\x84\x04\n\x05Model\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tfull_name\x18\x02 \x01(\t\x12\x17\n\x0fmanifest_digest\x18\x03 \x01(\t\x12\x12\n\nsize_bytes\x18\x04 \x01(\x04\x12/\n\x0bmodified_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12(\n\x07\x64\x65tails\x18\x06 \x01(\x0b\x32\x17.corral.v1.ModelDetails\x12 \n\x06layers\x18\x07 \x03(\x0b\x32\x10.corral.v1.Layer\x12\x14\n\x0cmodel_digest\x18\x08 \x01(\t\x12\x12\n\nmodel_path\x18\t \x01(\t\x12\x10\n\x08template\x18\n \x01(\t\x12\x0e\n\x06system\x18\x0b \x01(\t\x12+\n\nparameters\x18\x0c \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x1a\n\x12gguf_chat_template\x18\r \x01(\t\x12\x1c\n\x14\x63ontext_length_train\x18\x0e \x01(\x05\x12\x14\n\x0c\x63\x61pabilities\x18\x0f \x03(\t\x12\x11\n\tbos_token\x18\x10 \x01(\t\x12\x11\n\teos_token\x18\x11 \x01(\t\x12\x15\n\radd_bos_token\x18\x12 \x01(\x08\x12*\n\x08geometry\x18\x13 \x01(\x0b\x32\x18.corral.v1.ModelGeometry\"7\n\x14ResolveModelResponse\x12\x1f\n\x05model\x18\x01 \x01(\x0b\x32\x10.corral.v1.Model\"\x13\n\x11ListModelsRequest\"6\n\x12ListModelsResponse\x12 \n\x06models\x18\x01 \x03(\x0b\x32\x10.corral.v1.Model\"\xd9\x03\n\x12\x43reateModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x66rom\x18\x02 \x01(\t\x12\x37\n\x05\x66iles\x18\x03 \x03(\x0b\x32(.corral.v1.CreateModelRequest.FilesEntry\x12=\n\x08\x61\x64\x61pters\x18\x04 \x03(\x0b\x32+.corral.v1.CreateModelRequest.AdaptersEntry\x12\x15\n\x08template\x18\x05 \x01(\tH\x00\x88\x01\x01\x12\x13\n\x06system\x18\x06 \x01(\tH\x01\x88\x01\x01\x12+\n\nparameters\x18\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0f\n\x07license\x18\x08 \x03(\t\x12\x10\n\x08quantize\x18\t \x01(\t\x12)\n\x08messages\x18\n \x03(\x0b\x32\x17.corral.v1.ModelMessage\x12\x11\n\tmodelfile\x18\x0b \x01(\t\x1a,\n\nFilesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a/\n\rAdaptersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0b\n\t_templateB\t\n\x07_system\"-\n\x0cModelMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"W\n\x13\x43reateModelResponse\x12\x0e\n\x06status\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\r\n\x05total\x18\x03 \x01(\x04\x12\x11\n\tcompleted\x18\x04 \x01(\x04\"!\n\x0fStatBlobRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\"6\n\x10StatBlobResponse\x12\x0e\n\x06\x65xists\x18\x01 \x01(\x08\x12\x12\n\nsize_bytes\x18\x02 \x01(\x04\"2\n\x11UploadBlobRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\r\n\x05\x63hunk\x18\x02 \x01(\x0c\"9\n\x12UploadBlobResponse\x12\x0f\n\x07\x63reated\x18\x01 \x01(\x08\x12\x12\n\nsize_bytes\x18\x02 \x01(\x04\"1\n\x0fReadBlobRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\"5\n\x10ReadBlobResponse\x12\x12\n\nsize_bytes\x18\x01 \x01(\x04\x12\r\n\x05\x63hunk\x18\x02 \x01(\x0c\"{\n\x10ShowModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07verbose\x18\x02 \x01(\x08\x12\x13\n\x06system\x18\x03 \x01(\tH\x00\x88\x01\x01\x12(\n\x07options\x18\x04 \x01(\x0b\x32\x17.google.protobuf.StructB\t\n\x07_system\"7\n\nTensorInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x04\"\xca\x02\n\x11ShowModelResponse\x12\x0f\n\x07license\x18\x01 \x01(\t\x12\x11\n\tmodelfile\x18\x02 \x01(\t\x12\x12\n\nparameters\x18\x03 \x01(\t\x12\x10\n\x08template\x18\x04 \x01(\t\x12\x0e\n\x06system\x18\x05 \x01(\t\x12(\n\x07\x64\x65tails\x18\x06 \x01(\x0b\x32\x17.corral.v1.ModelDetails\x12\x17\n\x0fmodel_info_json\x18\x07 \x01(\t\x12\x14\n\x0c\x63\x61pabilities\x18\x08 \x03(\t\x12/\n\x0bmodified_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x08messages\x18\n \x03(\x0b\x32\x17.corral.v1.ModelMessage\x12&\n\x07tensors\x18\x0b \x03(\x0b\x32\x15.corral.v1.TensorInfo\"7\n\x10\x43opyModelRequest\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65stination\x18\x02 \x01(\t\"\x13\n\x11\x43opyModelResponse\"\"\n\x12\x44\x65leteModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\",\n\x13\x44\x65leteModelResponse\x12\x15\n\rremoved_blobs\x18\x01 \x03(\t\"2\n\x10PullModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08insecure\x18\x02 \x01(\x08\"2\n\x10PushModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08insecure\x18\x02 \x01(\x08\"T\n\x10TransferProgress\x12\x0e\n\x06status\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\r\n\x05total\x18\x03 \x01(\x04\x12\x11\n\tcompleted\x18\x04 \x01(\x04\"%\n\x12VerifyBlobsRequest\x12\x0f\n\x07\x64igests\x18\x01 \x03(\t\"N\n\x13VerifyBlobsResponse\x12\x0f\n\x07\x63hecked\x18\x01 \x01(\r\x12\x0f\n\x07\x63orrupt\x18\x02 \x03(\t\x12\x15\n\rbroken_models\x18\x03 \x03(\t\"E\n\x15\x43ollectGarbageRequest\x12\x1a\n\rgrace_seconds\x18\x01 \x01(\x01H\x00\x88\x01\x01\x42\x10\n\x0e_grace_seconds\"/\n\x16\x43ollectGarbageResponse\x12\x15\n\rremoved_blobs\x18\x01 \x03(\t2\xeb\x07\n\x0fRegistryService\x12O\n\x0cResolveModel\x12\x1e.corral.v1.ResolveModelRequest\x1a\x1f.corral.v1.ResolveModelResponse\x12I\n\nListModels\x12\x1c.corral.v1.ListModelsRequest\x1a\x1d.corral.v1.ListModelsResponse\x12N\n\x0b\x43reateModel\x12\x1d.corral.v1.CreateModelRequest\x1a\x1e.corral.v1.CreateModelResponse0\x01\x12\x43\n\x08StatBlob\x12\x1a.corral.v1.StatBlobRequest\x1a\x1b.corral.v1.StatBlobResponse\x12K\n\nUploadBlob\x12\x1c.corral.v1.UploadBlobRequest\x1a\x1d.corral.v1.UploadBlobResponse(\x01\x12\x45\n\x08ReadBlob\x12\x1a.corral.v1.ReadBlobRequest\x1a\x1b.corral.v1.ReadBlobResponse0\x01\x12\x46\n\tShowModel\x12\x1b.corral.v1.ShowModelRequest\x1a\x1c.corral.v1.ShowModelResponse\x12\x46\n\tCopyModel\x12\x1b.corral.v1.CopyModelRequest\x1a\x1c.corral.v1.CopyModelResponse\x12L\n\x0b\x44\x65leteModel\x12\x1d.corral.v1.DeleteModelRequest\x1a\x1e.corral.v1.DeleteModelResponse\x12G\n\tPullModel\x12\x1b.corral.v1.PullModelRequest\x1a\x1b.corral.v1.TransferProgress0\x01\x12G\n\tPushModel\x12\x1b.corral.v1.PushModelRequest\x1a\x1b.corral.v1.TransferProgress0\x01\x12L\n\x0bVerifyBlobs\x12\x1d.corral.v1.VerifyBlobsRequest\x1a\x1e.corral.v1.VerifyBlobsResponse\x12U\n\x0e\x43ollectGarbage\x12 .corral.v1.CollectGarbageRequest\x1a!.corral.v1.CollectGarbageResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63orral/v1/registry.proto\x12\tcorral.v1\x1a\x16\x63orral/v1/common.proto\x1a\x19\x63orral/v1/scheduler.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"#\n\x13ResolveModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"M\n\x05Layer\x12\x12\n\nmedia_type\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x04\x12\x0c\n\x04\x66rom\x18\x04 \x01(\t\"\xaa\x04\n\x05Model\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tfull_name\x18\x02 \x01(\t\x12\x17\n\x0fmanifest_digest\x18\x03 \x01(\t\x12\x12\n\nsize_bytes\x18\x04 \x01(\x04\x12/\n\x0bmodified_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12(\n\x07\x64\x65tails\x18\x06 \x01(\x0b\x32\x17.corral.v1.ModelDetails\x12 \n\x06layers\x18\x07 \x03(\x0b\x32\x10.corral.v1.Layer\x12\x14\n\x0cmodel_digest\x18\x08 \x01(\t\x12\x12\n\nmodel_path\x18\t \x01(\t\x12\x10\n\x08template\x18\n \x01(\t\x12\x0e\n\x06system\x18\x0b \x01(\t\x12+\n\nparameters\x18\x0c \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x1a\n\x12gguf_chat_template\x18\r \x01(\t\x12\x1c\n\x14\x63ontext_length_train\x18\x0e \x01(\x05\x12\x14\n\x0c\x63\x61pabilities\x18\x0f \x03(\t\x12\x11\n\tbos_token\x18\x10 \x01(\t\x12\x11\n\teos_token\x18\x11 \x01(\t\x12\x15\n\radd_bos_token\x18\x12 \x01(\x08\x12*\n\x08geometry\x18\x13 \x01(\x0b\x32\x18.corral.v1.ModelGeometry\x12$\n\x08\x61\x64\x61pters\x18\x14 \x03(\x0b\x32\x12.corral.v1.Adapter\"7\n\x14ResolveModelResponse\x12\x1f\n\x05model\x18\x01 \x01(\x0b\x32\x10.corral.v1.Model\"\x13\n\x11ListModelsRequest\"6\n\x12ListModelsResponse\x12 \n\x06models\x18\x01 \x03(\x0b\x32\x10.corral.v1.Model\"\xd9\x03\n\x12\x43reateModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x66rom\x18\x02 \x01(\t\x12\x37\n\x05\x66iles\x18\x03 \x03(\x0b\x32(.corral.v1.CreateModelRequest.FilesEntry\x12=\n\x08\x61\x64\x61pters\x18\x04 \x03(\x0b\x32+.corral.v1.CreateModelRequest.AdaptersEntry\x12\x15\n\x08template\x18\x05 \x01(\tH\x00\x88\x01\x01\x12\x13\n\x06system\x18\x06 \x01(\tH\x01\x88\x01\x01\x12+\n\nparameters\x18\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0f\n\x07license\x18\x08 \x03(\t\x12\x10\n\x08quantize\x18\t \x01(\t\x12)\n\x08messages\x18\n \x03(\x0b\x32\x17.corral.v1.ModelMessage\x12\x11\n\tmodelfile\x18\x0b \x01(\t\x1a,\n\nFilesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a/\n\rAdaptersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0b\n\t_templateB\t\n\x07_system\"-\n\x0cModelMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"W\n\x13\x43reateModelResponse\x12\x0e\n\x06status\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\r\n\x05total\x18\x03 \x01(\x04\x12\x11\n\tcompleted\x18\x04 \x01(\x04\"!\n\x0fStatBlobRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\"6\n\x10StatBlobResponse\x12\x0e\n\x06\x65xists\x18\x01 \x01(\x08\x12\x12\n\nsize_bytes\x18\x02 \x01(\x04\"2\n\x11UploadBlobRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\r\n\x05\x63hunk\x18\x02 \x01(\x0c\"9\n\x12UploadBlobResponse\x12\x0f\n\x07\x63reated\x18\x01 \x01(\x08\x12\x12\n\nsize_bytes\x18\x02 \x01(\x04\"1\n\x0fReadBlobRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\"5\n\x10ReadBlobResponse\x12\x12\n\nsize_bytes\x18\x01 \x01(\x04\x12\r\n\x05\x63hunk\x18\x02 \x01(\x0c\"{\n\x10ShowModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07verbose\x18\x02 \x01(\x08\x12\x13\n\x06system\x18\x03 \x01(\tH\x00\x88\x01\x01\x12(\n\x07options\x18\x04 \x01(\x0b\x32\x17.google.protobuf.StructB\t\n\x07_system\"7\n\nTensorInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x04\"\xca\x02\n\x11ShowModelResponse\x12\x0f\n\x07license\x18\x01 \x01(\t\x12\x11\n\tmodelfile\x18\x02 \x01(\t\x12\x12\n\nparameters\x18\x03 \x01(\t\x12\x10\n\x08template\x18\x04 \x01(\t\x12\x0e\n\x06system\x18\x05 \x01(\t\x12(\n\x07\x64\x65tails\x18\x06 \x01(\x0b\x32\x17.corral.v1.ModelDetails\x12\x17\n\x0fmodel_info_json\x18\x07 \x01(\t\x12\x14\n\x0c\x63\x61pabilities\x18\x08 \x03(\t\x12/\n\x0bmodified_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x08messages\x18\n \x03(\x0b\x32\x17.corral.v1.ModelMessage\x12&\n\x07tensors\x18\x0b \x03(\x0b\x32\x15.corral.v1.TensorInfo\"7\n\x10\x43opyModelRequest\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65stination\x18\x02 \x01(\t\"\x13\n\x11\x43opyModelResponse\"\"\n\x12\x44\x65leteModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\",\n\x13\x44\x65leteModelResponse\x12\x15\n\rremoved_blobs\x18\x01 \x03(\t\"2\n\x10PullModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08insecure\x18\x02 \x01(\x08\"2\n\x10PushModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08insecure\x18\x02 \x01(\x08\"T\n\x10TransferProgress\x12\x0e\n\x06status\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\r\n\x05total\x18\x03 \x01(\x04\x12\x11\n\tcompleted\x18\x04 \x01(\x04\"%\n\x12VerifyBlobsRequest\x12\x0f\n\x07\x64igests\x18\x01 \x03(\t\"N\n\x13VerifyBlobsResponse\x12\x0f\n\x07\x63hecked\x18\x01 \x01(\r\x12\x0f\n\x07\x63orrupt\x18\x02 \x03(\t\x12\x15\n\rbroken_models\x18\x03 \x03(\t\"E\n\x15\x43ollectGarbageRequest\x12\x1a\n\rgrace_seconds\x18\x01 \x01(\x01H\x00\x88\x01\x01\x42\x10\n\x0e_grace_seconds\"/\n\x16\x43ollectGarbageResponse\x12\x15\n\rremoved_blobs\x18\x01 \x03(\t2\xeb\x07\n\x0fRegistryService\x12O\n\x0cResolveModel\x12\x1e.corral.v1.ResolveModelRequest\x1a\x1f.corral.v1.ResolveModelResponse\x12I\n\nListModels\x12\x1c.corral.v1.ListModelsRequest\x1a\x1d.corral.v1.ListModelsResponse\x12N\n\x0b\x43reateModel\x12\x1d.corral.v1.CreateModelRequest\x1a\x1e.corral.v1.CreateModelResponse0\x01\x12\x43\n\x08StatBlob\x12\x1a.corral.v1.StatBlobRequest\x1a\x1b.corral.v1.StatBlobResponse\x12K\n\nUploadBlob\x12\x1c.corral.v1.UploadBlobRequest\x1a\x1d.corral.v1.UploadBlobResponse(\x01\x12\x45\n\x08ReadBlob\x12\x1a.corral.v1.ReadBlobRequest\x1a\x1b.corral.v1.ReadBlobResponse0\x01\x12\x46\n\tShowModel\x12\x1b.corral.v1.ShowModelRequest\x1a\x1c.corral.v1.ShowModelResponse\x12\x46\n\tCopyModel\x12\x1b.corral.v1.CopyModelRequest\x1a\x1c.corral.v1.CopyModelResponse\x12L\n\x0b\x44\x65leteModel\x12\x1d.corral.v1.DeleteModelRequest\x1a\x1e.corral.v1.DeleteModelResponse\x12G\n\tPullModel\x12\x1b.corral.v1.PullModelRequest\x1a\x1b.corral.v1.TransferProgress0\x01\x12G\n\tPushModel\x12\x1b.corral.v1.PushModelRequest\x1a\x1b.corral.v1.TransferProgress0\x01\x12L\n\x0bVerifyBlobs\x12\x1d.corral.v1.VerifyBlobsRequest\x1a\x1e.corral.v1.VerifyBlobsResponse\x12U\n\x0e\x43ollectGarbage\x12 .corral.v1.CollectGarbageRequest\x1a!.corral.v1.CollectGarbageResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,68 +39,68 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CREATEMODELREQUEST_FILESENTRY']._serialized_options = b'8\001'
   _globals['_CREATEMODELREQUEST_ADAPTERSENTRY']._loaded_options = None
   _globals['_CREATEMODELREQUEST_ADAPTERSENTRY']._serialized_options = b'8\001'
-  _globals['_RESOLVEMODELREQUEST']._serialized_start=129
-  _globals['_RESOLVEMODELREQUEST']._serialized_end=164
-  _globals['_LAYER']._serialized_start=166
-  _globals['_LAYER']._serialized_end=243
-  _globals['_MODEL']._serialized_start=246
-  _globals['_MODEL']._serialized_end=762
-  _globals['_RESOLVEMODELRESPONSE']._serialized_start=764
-  _globals['_RESOLVEMODELRESPONSE']._serialized_end=819
-  _globals['_LISTMODELSREQUEST']._serialized_start=821
-  _globals['_LISTMODELSREQUEST']._serialized_end=840
-  _globals['_LISTMODELSRESPONSE']._serialized_start=842
-  _globals['_LISTMODELSRESPONSE']._serialized_end=896
-  _globals['_CREATEMODELREQUEST']._serialized_start=899
-  _globals['_CREATEMODELREQUEST']._serialized_end=1372
-  _globals['_CREATEMODELREQUEST_FILESENTRY']._serialized_start=1255
-  _globals['_CREATEMODELREQUEST_FILESENTRY']._serialized_end=1299
-  _globals['_CREATEMODELREQUEST_ADAPTERSENTRY']._serialized_start=1301
-  _globals['_CREATEMODELREQUEST_ADAPTERSENTRY']._serialized_end=1348
-  _globals['_MODELMESSAGE']._serialized_start=1374
-  _globals['_MODELMESSAGE']._serialized_end=1419
-  _globals['_CREATEMODELRESPONSE']._serialized_start=1421
-  _globals['_CREATEMODELRESPONSE']._serialized_end=1508
-  _globals['_STATBLOBREQUEST']._serialized_start=1510
-  _globals['_STATBLOBREQUEST']._serialized_end=1543
-  _globals['_STATBLOBRESPONSE']._serialized_start=1545
-  _globals['_STATBLOBRESPONSE']._serialized_end=1599
-  _globals['_UPLOADBLOBREQUEST']._serialized_start=1601
-  _globals['_UPLOADBLOBREQUEST']._serialized_end=1651
-  _globals['_UPLOADBLOBRESPONSE']._serialized_start=1653
-  _globals['_UPLOADBLOBRESPONSE']._serialized_end=1710
-  _globals['_READBLOBREQUEST']._serialized_start=1712
-  _globals['_READBLOBREQUEST']._serialized_end=1761
-  _globals['_READBLOBRESPONSE']._serialized_start=1763
-  _globals['_READBLOBRESPONSE']._serialized_end=1816
-  _globals['_SHOWMODELREQUEST']._serialized_start=1818
-  _globals['_SHOWMODELREQUEST']._serialized_end=1941
-  _globals['_TENSORINFO']._serialized_start=1943
-  _globals['_TENSORINFO']._serialized_end=1998
-  _globals['_SHOWMODELRESPONSE']._serialized_start=2001
-  _globals['_SHOWMODELRESPONSE']._serialized_end=2331
-  _globals['_COPYMODELREQUEST']._serialized_start=2333
-  _globals['_COPYMODELREQUEST']._serialized_end=2388
-  _globals['_COPYMODELRESPONSE']._serialized_start=2390
-  _globals['_COPYMODELRESPONSE']._serialized_end=2409
-  _globals['_DELETEMODELREQUEST']._serialized_start=2411
-  _globals['_DELETEMODELREQUEST']._serialized_end=2445
-  _globals['_DELETEMODELRESPONSE']._serialized_start=2447
-  _globals['_DELETEMODELRESPONSE']._serialized_end=2491
-  _globals['_PULLMODELREQUEST']._serialized_start=2493
-  _globals['_PULLMODELREQUEST']._serialized_end=2543
-  _globals['_PUSHMODELREQUEST']._serialized_start=2545
-  _globals['_PUSHMODELREQUEST']._serialized_end=2595
-  _globals['_TRANSFERPROGRESS']._serialized_start=2597
-  _globals['_TRANSFERPROGRESS']._serialized_end=2681
-  _globals['_VERIFYBLOBSREQUEST']._serialized_start=2683
-  _globals['_VERIFYBLOBSREQUEST']._serialized_end=2720
-  _globals['_VERIFYBLOBSRESPONSE']._serialized_start=2722
-  _globals['_VERIFYBLOBSRESPONSE']._serialized_end=2800
-  _globals['_COLLECTGARBAGEREQUEST']._serialized_start=2802
-  _globals['_COLLECTGARBAGEREQUEST']._serialized_end=2871
-  _globals['_COLLECTGARBAGERESPONSE']._serialized_start=2873
-  _globals['_COLLECTGARBAGERESPONSE']._serialized_end=2920
-  _globals['_REGISTRYSERVICE']._serialized_start=2923
-  _globals['_REGISTRYSERVICE']._serialized_end=3926
+  _globals['_RESOLVEMODELREQUEST']._serialized_start=153
+  _globals['_RESOLVEMODELREQUEST']._serialized_end=188
+  _globals['_LAYER']._serialized_start=190
+  _globals['_LAYER']._serialized_end=267
+  _globals['_MODEL']._serialized_start=270
+  _globals['_MODEL']._serialized_end=824
+  _globals['_RESOLVEMODELRESPONSE']._serialized_start=826
+  _globals['_RESOLVEMODELRESPONSE']._serialized_end=881
+  _globals['_LISTMODELSREQUEST']._serialized_start=883
+  _globals['_LISTMODELSREQUEST']._serialized_end=902
+  _globals['_LISTMODELSRESPONSE']._serialized_start=904
+  _globals['_LISTMODELSRESPONSE']._serialized_end=958
+  _globals['_CREATEMODELREQUEST']._serialized_start=961
+  _globals['_CREATEMODELREQUEST']._serialized_end=1434
+  _globals['_CREATEMODELREQUEST_FILESENTRY']._serialized_start=1317
+  _globals['_CREATEMODELREQUEST_FILESENTRY']._serialized_end=1361
+  _globals['_CREATEMODELREQUEST_ADAPTERSENTRY']._serialized_start=1363
+  _globals['_CREATEMODELREQUEST_ADAPTERSENTRY']._serialized_end=1410
+  _globals['_MODELMESSAGE']._serialized_start=1436
+  _globals['_MODELMESSAGE']._serialized_end=1481
+  _globals['_CREATEMODELRESPONSE']._serialized_start=1483
+  _globals['_CREATEMODELRESPONSE']._serialized_end=1570
+  _globals['_STATBLOBREQUEST']._serialized_start=1572
+  _globals['_STATBLOBREQUEST']._serialized_end=1605
+  _globals['_STATBLOBRESPONSE']._serialized_start=1607
+  _globals['_STATBLOBRESPONSE']._serialized_end=1661
+  _globals['_UPLOADBLOBREQUEST']._serialized_start=1663
+  _globals['_UPLOADBLOBREQUEST']._serialized_end=1713
+  _globals['_UPLOADBLOBRESPONSE']._serialized_start=1715
+  _globals['_UPLOADBLOBRESPONSE']._serialized_end=1772
+  _globals['_READBLOBREQUEST']._serialized_start=1774
+  _globals['_READBLOBREQUEST']._serialized_end=1823
+  _globals['_READBLOBRESPONSE']._serialized_start=1825
+  _globals['_READBLOBRESPONSE']._serialized_end=1878
+  _globals['_SHOWMODELREQUEST']._serialized_start=1880
+  _globals['_SHOWMODELREQUEST']._serialized_end=2003
+  _globals['_TENSORINFO']._serialized_start=2005
+  _globals['_TENSORINFO']._serialized_end=2060
+  _globals['_SHOWMODELRESPONSE']._serialized_start=2063
+  _globals['_SHOWMODELRESPONSE']._serialized_end=2393
+  _globals['_COPYMODELREQUEST']._serialized_start=2395
+  _globals['_COPYMODELREQUEST']._serialized_end=2450
+  _globals['_COPYMODELRESPONSE']._serialized_start=2452
+  _globals['_COPYMODELRESPONSE']._serialized_end=2471
+  _globals['_DELETEMODELREQUEST']._serialized_start=2473
+  _globals['_DELETEMODELREQUEST']._serialized_end=2507
+  _globals['_DELETEMODELRESPONSE']._serialized_start=2509
+  _globals['_DELETEMODELRESPONSE']._serialized_end=2553
+  _globals['_PULLMODELREQUEST']._serialized_start=2555
+  _globals['_PULLMODELREQUEST']._serialized_end=2605
+  _globals['_PUSHMODELREQUEST']._serialized_start=2607
+  _globals['_PUSHMODELREQUEST']._serialized_end=2657
+  _globals['_TRANSFERPROGRESS']._serialized_start=2659
+  _globals['_TRANSFERPROGRESS']._serialized_end=2743
+  _globals['_VERIFYBLOBSREQUEST']._serialized_start=2745
+  _globals['_VERIFYBLOBSREQUEST']._serialized_end=2782
+  _globals['_VERIFYBLOBSRESPONSE']._serialized_start=2784
+  _globals['_VERIFYBLOBSRESPONSE']._serialized_end=2862
+  _globals['_COLLECTGARBAGEREQUEST']._serialized_start=2864
+  _globals['_COLLECTGARBAGEREQUEST']._serialized_end=2933
+  _globals['_COLLECTGARBAGERESPONSE']._serialized_start=2935
+  _globals['_COLLECTGARBAGERESPONSE']._serialized_end=2982
+  _globals['_REGISTRYSERVICE']._serialized_start=2985
+  _globals['_REGISTRYSERVICE']._serialized_end=3988
 # @@protoc_insertion_point(module_scope)

@@ -1,5 +1,6 @@
 import datetime
 
+from corral.v1 import common_pb2 as _common_pb2
 from corral.v1 import scheduler_pb2 as _scheduler_pb2
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
@@ -29,7 +30,7 @@ class Layer(_message.Message):
     def __init__(self, media_type: _Optional[str] = ..., digest: _Optional[str] = ..., size_bytes: _Optional[int] = ..., **kwargs) -> None: ...
 
 class Model(_message.Message):
-    __slots__ = ("name", "full_name", "manifest_digest", "size_bytes", "modified_at", "details", "layers", "model_digest", "model_path", "template", "system", "parameters", "gguf_chat_template", "context_length_train", "capabilities", "bos_token", "eos_token", "add_bos_token", "geometry")
+    __slots__ = ("name", "full_name", "manifest_digest", "size_bytes", "modified_at", "details", "layers", "model_digest", "model_path", "template", "system", "parameters", "gguf_chat_template", "context_length_train", "capabilities", "bos_token", "eos_token", "add_bos_token", "geometry", "adapters")
     NAME_FIELD_NUMBER: _ClassVar[int]
     FULL_NAME_FIELD_NUMBER: _ClassVar[int]
     MANIFEST_DIGEST_FIELD_NUMBER: _ClassVar[int]
@@ -49,6 +50,7 @@ class Model(_message.Message):
     EOS_TOKEN_FIELD_NUMBER: _ClassVar[int]
     ADD_BOS_TOKEN_FIELD_NUMBER: _ClassVar[int]
     GEOMETRY_FIELD_NUMBER: _ClassVar[int]
+    ADAPTERS_FIELD_NUMBER: _ClassVar[int]
     name: str
     full_name: str
     manifest_digest: str
@@ -68,7 +70,8 @@ class Model(_message.Message):
     eos_token: str
     add_bos_token: bool
     geometry: _scheduler_pb2.ModelGeometry
-    def __init__(self, name: _Optional[str] = ..., full_name: _Optional[str] = ..., manifest_digest: _Optional[str] = ..., size_bytes: _Optional[int] = ..., modified_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., details: _Optional[_Union[_scheduler_pb2.ModelDetails, _Mapping]] = ..., layers: _Optional[_Iterable[_Union[Layer, _Mapping]]] = ..., model_digest: _Optional[str] = ..., model_path: _Optional[str] = ..., template: _Optional[str] = ..., system: _Optional[str] = ..., parameters: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., gguf_chat_template: _Optional[str] = ..., context_length_train: _Optional[int] = ..., capabilities: _Optional[_Iterable[str]] = ..., bos_token: _Optional[str] = ..., eos_token: _Optional[str] = ..., add_bos_token: _Optional[bool] = ..., geometry: _Optional[_Union[_scheduler_pb2.ModelGeometry, _Mapping]] = ...) -> None: ...
+    adapters: _containers.RepeatedCompositeFieldContainer[_common_pb2.Adapter]
+    def __init__(self, name: _Optional[str] = ..., full_name: _Optional[str] = ..., manifest_digest: _Optional[str] = ..., size_bytes: _Optional[int] = ..., modified_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., details: _Optional[_Union[_scheduler_pb2.ModelDetails, _Mapping]] = ..., layers: _Optional[_Iterable[_Union[Layer, _Mapping]]] = ..., model_digest: _Optional[str] = ..., model_path: _Optional[str] = ..., template: _Optional[str] = ..., system: _Optional[str] = ..., parameters: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., gguf_chat_template: _Optional[str] = ..., context_length_train: _Optional[int] = ..., capabilities: _Optional[_Iterable[str]] = ..., bos_token: _Optional[str] = ..., eos_token: _Optional[str] = ..., add_bos_token: _Optional[bool] = ..., geometry: _Optional[_Union[_scheduler_pb2.ModelGeometry, _Mapping]] = ..., adapters: _Optional[_Iterable[_Union[_common_pb2.Adapter, _Mapping]]] = ...) -> None: ...
 
 class ResolveModelResponse(_message.Message):
     __slots__ = ("model",)

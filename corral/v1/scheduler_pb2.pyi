@@ -143,10 +143,12 @@ class ReleaseModelResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class SchedulerUnloadModelRequest(_message.Message):
-    __slots__ = ("model_digest",)
+    __slots__ = ("model_digest", "manifest_digest")
     MODEL_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    MANIFEST_DIGEST_FIELD_NUMBER: _ClassVar[int]
     model_digest: str
-    def __init__(self, model_digest: _Optional[str] = ...) -> None: ...
+    manifest_digest: str
+    def __init__(self, model_digest: _Optional[str] = ..., manifest_digest: _Optional[str] = ...) -> None: ...
 
 class SchedulerUnloadModelResponse(_message.Message):
     __slots__ = ("unloading",)

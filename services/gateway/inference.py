@@ -57,7 +57,10 @@ async def acquire(
     keep_alive: float | None,
     request_id: str,
 ) -> Lease:
-    req = scheduler_pb2.AcquireModelRequest(model=model_spec(model), options=load, request_id=request_id)
+    options = common_pb2.LoadOptions()
+    options.CopyFrom(load)
+    options.adapters.extend(model.adapters)  # the model's ADAPTER layers; requests cannot name their own
+    req = scheduler_pb2.AcquireModelRequest(model=model_spec(model), options=options, request_id=request_id)
     if keep_alive is not None:
         req.keep_alive_seconds = -1.0 if keep_alive == float("inf") else keep_alive
     started = time.monotonic_ns()
@@ -93,7 +96,10 @@ async def release(backends: Backends, lease: Lease, runner_failed: bool = False)
 async def unload(backends: Backends, model: registry_pb2.Model) -> None:
     try:
         await backends.scheduler.UnloadModel(
-            scheduler_pb2.SchedulerUnloadModelRequest(model_digest=model.model_digest), timeout=30
+            scheduler_pb2.SchedulerUnloadModelRequest(
+                model_digest=model.model_digest, manifest_digest=model.manifest_digest
+            ),
+            timeout=30,
         )
     except grpc.RpcError as err:
         raise errors.from_rpc(err, model.name) from err

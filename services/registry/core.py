@@ -212,17 +212,18 @@ class Registry:
         texts = await asyncio.to_thread(self._read_texts, m.manifest)
         gguf = await self.gguf_info(base.model_digest) if base.model_digest else None
         layers = m.manifest.layers
-        paths = {
-            kind: tuple(str(self.store.blob_path(la.digest)) for la in layers if la.media_type == kind)
+        blobs = {
+            kind: tuple((la.digest, str(self.store.blob_path(la.digest))) for la in layers if la.media_type == kind)
             for kind in (MEDIA_ADAPTER, MEDIA_PROJECTOR)
         }
+        projector_paths = tuple(path for _digest, path in blobs[MEDIA_PROJECTOR])
         return replace(
             base,
             **texts,
-            adapter_paths=paths[MEDIA_ADAPTER],
-            projector_paths=paths[MEDIA_PROJECTOR],
+            adapters=blobs[MEDIA_ADAPTER],
+            projector_paths=projector_paths,
             gguf=gguf,
-            capabilities=capabilities(gguf, texts["template"], bool(paths[MEDIA_PROJECTOR])),
+            capabilities=capabilities(gguf, texts["template"], bool(projector_paths)),
         )
 
     def _read_texts(self, manifest: Manifest) -> dict[str, Any]:

@@ -57,7 +57,7 @@ class StoredModel:
     parameters: dict[str, Any] = field(default_factory=dict)
     licenses: tuple[str, ...] = ()
     messages: tuple[tuple[str, str], ...] = ()  # MESSAGE (role, content) pairs
-    adapter_paths: tuple[str, ...] = ()
+    adapters: tuple[tuple[str, str], ...] = ()  # ADAPTER layers: (digest, blob path)
     projector_paths: tuple[str, ...] = ()
     gguf: GGUFInfo | None = None
     capabilities: tuple[str, ...] = ()

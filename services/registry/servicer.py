@@ -45,6 +45,7 @@ def model_to_proto(m: StoredModel) -> registry_pb2.Model:
         eos_token=m.eos_token,
         add_bos_token=m.add_bos_token,
     )
+    out.adapters.extend(common_pb2.Adapter(digest=d, path=p, scale=1.0) for d, p in m.adapters)
     out.modified_at.FromNanoseconds(m.modified_at_ns)
     if m.gguf is not None:
         g = geometry(m.gguf)

@@ -199,7 +199,7 @@ class Scheduler:
             main_gpu=opts.main_gpu if opts.HasField("main_gpu") else None,
             num_thread=opts.num_thread,
             num_parallel=opts.num_parallel or self.config.num_parallel,
-            adapters=tuple((a.digest, a.scale or 1.0) for a in opts.adapters),
+            adapters=tuple((a.digest, a.path, a.scale or 1.0) for a in opts.adapters),
             kv_cache_type=opts.kv_cache_type or self.config.kv_cache_type,
             flash_attention=opts.flash_attention if opts.HasField("flash_attention") else self.config.flash_attention,
         )
@@ -247,7 +247,9 @@ class Scheduler:
         if same:
             ready = [i for i in same if i.state is State.READY and i.leases < i.key.num_parallel]
             return _Grant(min(ready, key=lambda i: i.leases)) if ready else None
-        stale = [i for i in self.inv.for_model(key.model_digest) if i.key != key]
+        # The same model (weights and adapters) loaded with other options is stale; another model
+        # sharing the weights with other adapters is not.
+        stale = [i for i in self.inv.for_model(key.model_digest) if i.key.adapters == key.adapters and i.key != key]
         for inst in stale:  # load options changed: reload once the old instance is idle
             inst.state = State.EXPIRING
         idle_stale = tuple(i for i in stale if i.leases == 0)
@@ -398,10 +400,14 @@ class Scheduler:
             inst.state = State.EXPIRING
             self._spawn(self._unload((inst,)))
 
-    async def unload_model(self, model_digest: str) -> bool:
+    async def unload_model(self, model_digest: str, manifest_digest: str = "") -> bool:
         """keep_alive 0 with an empty prompt: unload once idle."""
         async with self._cond:
-            found = self.inv.for_model(model_digest)
+            found = [
+                i
+                for i in self.inv.for_model(model_digest)
+                if not manifest_digest or i.spec.manifest_digest == manifest_digest
+            ]
             for inst in found:
                 inst.keep_alive = 0
                 if inst.idle:

@@ -102,7 +102,7 @@ class LoadKey:
     main_gpu: int | None
     num_thread: int
     num_parallel: int
-    adapters: tuple[tuple[str, float], ...]
+    adapters: tuple[tuple[str, str, float], ...]  # (digest, path on the store's host, scale)
     kv_cache_type: str
     flash_attention: bool | None
 

@@ -24,7 +24,7 @@ def load_request(inst: Instance) -> runner_pb2.LoadModelRequest:
         num_thread=k.num_thread,
         num_parallel=k.num_parallel,
         kv_cache_type=k.kv_cache_type,
-        adapters=[common_pb2.Adapter(digest=d, scale=s) for d, s in k.adapters],
+        adapters=[common_pb2.Adapter(digest=d, path=p, scale=s) for d, p, s in k.adapters],
         tensor_split=[float(n) for n in inst.tensor_split],
     )
     if inst.main_gpu is not None:

@@ -64,7 +64,9 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
     async def UnloadModel(
         self, request: scheduler_pb2.SchedulerUnloadModelRequest, context: grpc.aio.ServicerContext
     ) -> scheduler_pb2.SchedulerUnloadModelResponse:
-        return scheduler_pb2.SchedulerUnloadModelResponse(unloading=await self.core.unload_model(request.model_digest))
+        return scheduler_pb2.SchedulerUnloadModelResponse(
+            unloading=await self.core.unload_model(request.model_digest, request.manifest_digest)
+        )
 
     async def ListLoadedModels(
         self, request: scheduler_pb2.ListLoadedModelsRequest, context: grpc.aio.ServicerContext
