@@ -99,7 +99,13 @@ class Runner:
         instance's load progress)."""
         if self.blobs is None:
             return spec
-        model, *adapters = await self.blobs.ensure_all(blob_refs(spec), inst.progress)
+        try:
+            model, *adapters = await self.blobs.ensure_all(blob_refs(spec), inst.progress)
+        except CorralError as err:
+            # A missing or corrupt blob in the store is the server's failure to load, not a bad request.
+            if err.reason in (common_pb2.ERROR_REASON_DIGEST_MISMATCH, common_pb2.ERROR_REASON_BLOB_NOT_FOUND):
+                raise CorralError(common_pb2.ERROR_REASON_LOAD_FAILED, err.message) from err
+            raise
         return replace(
             spec,
             model_path=str(model),

@@ -412,7 +412,7 @@ async def test_a_corrupt_blob_fails_the_load_with_a_clear_error(
     with pytest.raises(grpc.aio.AioRpcError) as exc:
         await stub.LoadModel(load_request("bad", tiny_in_registry))
     err = from_rpc_error(exc.value)
-    assert err.reason == common_pb2.ERROR_REASON_DIGEST_MISMATCH
+    assert err.reason == common_pb2.ERROR_REASON_LOAD_FAILED  # the server's failure (HTTP 500), not the client's
     assert "does not match its digest" in err.message and tiny_in_registry.digest in err.message
     assert not (cache_dir / blob_name(tiny_in_registry.digest)).exists() and leftovers(cache_dir) == set()
     assert not (await stub.GetStatus(runner_pb2.GetStatusRequest())).instances
