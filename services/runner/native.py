@@ -20,7 +20,7 @@ import llama_cpp as lc
 from corral.errors import CorralError
 from corral.v1 import common_pb2
 from services.runner import llamalog
-from services.runner.devices import physical_cores
+from services.runner.devices import cpu_threads
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +205,7 @@ class NativeModel:
             log.warning("quantized KV cache needs flash attention; using f16")
             kv_type = lc.GGML_TYPE_F16
         self.kv_type = kv_type
-        self.threads = spec.num_thread if spec.num_thread > 0 else physical_cores()
+        self.threads = spec.num_thread if spec.num_thread > 0 else cpu_threads()
         cp = self.context_params(self.num_ctx * self.num_parallel, n_seq, self.n_batch, self.is_embedding)
         if not self.is_embedding:
             # At most one output row per sequence per batch; the default (n_batch)

@@ -1,19 +1,28 @@
 from __future__ import annotations
 
+import os
 import socket
 import sys
 import types
 from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
 
+import psutil
 import pytest
 
 from corral.errors import CorralError
 from corral.v1 import common_pb2
+from services.runner import devices
 from services.runner.core import Runner
 from services.runner.devices import (
+    CgroupMemory,
     CpuProbe,
     DeviceInfo,
     NvmlProbe,
+    cgroup_cpu_limit,
+    cgroup_memory,
+    cpu_threads,
     cuda_env,
     device_tag,
     parse_device,
@@ -209,6 +218,169 @@ def test_device_tag() -> None:
 
 def test_physical_cores_is_positive() -> None:
     assert physical_cores() >= 1
+
+
+# --- cgroup limits: fake /sys/fs/cgroup trees under tmp_path ---
+
+GiB = 1 << 30
+V1_UNLIMITED = "9223372036854771712"  # what cgroup v1 shows for "no limit" (4 KiB pages)
+
+
+def _files(d: Path, **files: str) -> None:
+    """Write cgroup files; keyword names use "__" for "." (memory__max -> memory.max)."""
+    d.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (d / name.replace("__", ".")).write_text(text + "\n")
+
+
+def _v2(root: Path, path: str = "/", **files: str) -> Path:
+    """A cgroup v2 tree with the process in `path`, which gets `files`."""
+    _files(root, cgroup__controllers="cpu memory")
+    d = root / path.lstrip("/")
+    _files(d, **files)
+    return d
+
+
+def _self_cgroup(tmp_path: Path, text: str) -> Path:
+    f = tmp_path / "proc-self-cgroup"
+    f.write_text(text)
+    return f
+
+
+class _VM(NamedTuple):
+    total: int
+    available: int
+
+
+@pytest.fixture
+def host_32g(monkeypatch: pytest.MonkeyPatch) -> _VM:
+    """psutil reports a 32 GiB node with 20 GiB available."""
+    vm = _VM(32 * GiB, 20 * GiB)
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: vm)
+    return vm
+
+
+def _cpu_dev(root: Path, self_cgroup: Path) -> DeviceInfo:
+    [dev] = CpuProbe(root, self_cgroup).probe()
+    return dev
+
+
+def test_v2_memory_limit_caps_the_cpu_device(tmp_path: Path, host_32g: _VM) -> None:
+    root = tmp_path / "cg"
+    # In a container with its own cgroup namespace the process's cgroup is "/".
+    _v2(root, memory__max=str(4 * GiB), memory__current=str(3 * GiB), memory__stat=f"anon 1\ninactive_file {GiB}")
+    me = _self_cgroup(tmp_path, "0::/\n")
+    # Working set = current - inactive_file (the kernel reclaims that page cache first).
+    assert cgroup_memory(root, me) == CgroupMemory(limit=4 * GiB, available=2 * GiB)
+    dev = _cpu_dev(root, me)
+    assert (dev.total_memory_bytes, dev.free_memory_bytes) == (4 * GiB, 2 * GiB)
+
+
+def test_v2_max_means_no_limit(tmp_path: Path, host_32g: _VM) -> None:
+    root = tmp_path / "cg"
+    _v2(root, memory__max="max", memory__current=str(GiB), memory__stat="inactive_file 0", cpu__max="max 100000")
+    me = _self_cgroup(tmp_path, "0::/\n")
+    assert cgroup_memory(root, me) is None
+    assert cgroup_cpu_limit(root, me) is None
+    dev = _cpu_dev(root, me)
+    assert (dev.total_memory_bytes, dev.free_memory_bytes) == (host_32g.total, host_32g.available)
+
+
+def test_v2_finds_the_process_cgroup_and_its_ancestors(tmp_path: Path, host_32g: _VM) -> None:
+    root = tmp_path / "cg"
+    _v2(root)  # the host's root cgroup has no memory.max
+    # The pod's limit is higher, but its other containers leave it 1 GiB of headroom.
+    _files(root / "kubepods" / "pod1", memory__max=str(8 * GiB), memory__current=str(7 * GiB), cpu__max="800000 100000")
+    _v2(root, "/kubepods/pod1/c1", memory__max=str(6 * GiB), memory__current=str(GiB), cpu__max="250000 100000")
+    me = _self_cgroup(tmp_path, "0::/kubepods/pod1/c1\n")
+    assert cgroup_memory(root, me) == CgroupMemory(limit=6 * GiB, available=GiB)
+    assert cgroup_cpu_limit(root, me) == 2.5
+
+
+def test_v2_memory_over_the_limit_reports_zero_free(tmp_path: Path, host_32g: _VM) -> None:
+    root = tmp_path / "cg"
+    _v2(root, memory__max=str(GiB), memory__current=str(2 * GiB))
+    dev = _cpu_dev(root, _self_cgroup(tmp_path, "0::/\n"))
+    assert (dev.total_memory_bytes, dev.free_memory_bytes) == (GiB, 0)
+
+
+def test_v1_memory_limit(tmp_path: Path, host_32g: _VM) -> None:
+    root = tmp_path / "cg"
+    _files(
+        root / "memory",
+        memory__limit_in_bytes=str(2 * GiB),
+        memory__usage_in_bytes=str(GiB + GiB // 2),
+        memory__stat=f"inactive_file 1\ntotal_inactive_file {GiB // 2}",
+    )
+    _files(root / "cpu", cpu__cfs_quota_us="150000", cpu__cfs_period_us="100000")
+    # Docker without a cgroup namespace: the path names the container from the host's
+    # root, but its own cgroup is what is mounted at /sys/fs/cgroup/memory.
+    me = _self_cgroup(tmp_path, "4:memory:/docker/abc\n3:cpu,cpuacct:/docker/abc\n0::/\n")
+    assert cgroup_memory(root, me) == CgroupMemory(limit=2 * GiB, available=GiB)
+    assert cgroup_cpu_limit(root, me) == 1.5
+    dev = _cpu_dev(root, me)
+    assert (dev.total_memory_bytes, dev.free_memory_bytes) == (2 * GiB, GiB)
+
+
+def test_v1_huge_limit_means_no_limit(tmp_path: Path, host_32g: _VM) -> None:
+    root = tmp_path / "cg"
+    _files(root / "memory", memory__limit_in_bytes=V1_UNLIMITED, memory__usage_in_bytes=str(GiB))
+    _files(root / "cpu", cpu__cfs_quota_us="-1", cpu__cfs_period_us="100000")
+    me = _self_cgroup(tmp_path, "4:memory:/\n3:cpu,cpuacct:/\n")
+    assert cgroup_memory(root, me) is None
+    assert cgroup_cpu_limit(root, me) is None
+    dev = _cpu_dev(root, me)
+    assert (dev.total_memory_bytes, dev.free_memory_bytes) == (host_32g.total, host_32g.available)
+
+
+def test_v1_limit_on_a_parent_cgroup(tmp_path: Path, host_32g: _VM) -> None:
+    root = tmp_path / "cg"
+    _files(root / "memory", memory__limit_in_bytes=V1_UNLIMITED)
+    _files(root / "memory" / "sandbox", memory__limit_in_bytes=str(3 * GiB), memory__usage_in_bytes=str(GiB))
+    _files(root / "memory" / "sandbox" / "job", memory__limit_in_bytes=V1_UNLIMITED)
+    me = _self_cgroup(tmp_path, "9:name=systemd:/\n4:memory:/sandbox/job\n")
+    assert cgroup_memory(root, me) == CgroupMemory(limit=3 * GiB, available=2 * GiB)
+
+
+def test_no_cgroup_files_gives_host_figures(tmp_path: Path, host_32g: _VM) -> None:
+    root = tmp_path / "nothing"  # no /sys/fs/cgroup and no /proc/self/cgroup (e.g. macOS)
+    me = tmp_path / "no-proc-self-cgroup"
+    assert cgroup_memory(root, me) is None
+    assert cgroup_cpu_limit(root, me) is None
+    dev = _cpu_dev(root, me)
+    assert (dev.total_memory_bytes, dev.free_memory_bytes) == (host_32g.total, host_32g.available)
+
+
+@pytest.mark.parametrize(
+    ("cpu_max", "affinity", "expected"),
+    [
+        ("400000 100000", 64, 4),  # a 4-CPU pod on a 64-core node: 4 threads, not 64
+        ("150000 100000", 64, 2),  # 1.5 CPUs: round up, llama.cpp threads are whole
+        ("50000 100000", 64, 1),  # at least one thread
+        ("max 100000", 64, 16),  # no quota: the physical cores
+        ("max 100000", 6, 6),  # taskset / cpuset: the CPUs this process may run on
+    ],
+)
+def test_cpu_threads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cpu_max: str, affinity: int, expected: int
+) -> None:
+    monkeypatch.setattr(devices, "physical_cores", lambda: 16)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(affinity)), raising=False)
+    root = tmp_path / "cg"
+    _v2(root, cpu__max=cpu_max)
+    assert cpu_threads(root, _self_cgroup(tmp_path, "0::/\n")) == expected
+
+
+def test_cgroup_figures_on_this_machine_are_sane() -> None:
+    """The real /sys/fs/cgroup, whatever it holds here: never more than the host has."""
+    host = psutil.virtual_memory()
+    [dev] = CpuProbe().probe()
+    assert 0 < dev.total_memory_bytes <= host.total
+    assert 0 < dev.free_memory_bytes <= dev.total_memory_bytes
+    cg = cgroup_memory()
+    if cg is not None:
+        assert cg.limit > 0 and 0 <= cg.available <= cg.limit
+    assert 1 <= cpu_threads() <= physical_cores()
 
 
 def test_runner_reports_the_injected_probe() -> None:
