@@ -7,6 +7,7 @@ tests/test_config.py keeps the two in step.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -107,6 +108,19 @@ def _bool_or_none(value: str) -> bool | None:
     return value.lower() not in {"0", "false", "no", "off"}
 
 
+def bracket_ipv6(address: str) -> str:
+    """`fd00::5:50063` -> `[fd00::5]:50063`: an address built as `$(POD_IP):port` must stay a
+    valid gRPC target when the pod IP is IPv6. Anything else is returned unchanged."""
+    host, sep, port = address.rpartition(":")
+    if address.startswith(("unix:", "[")) or not sep or not port.isdigit() or ":" not in host:
+        return address
+    try:
+        ipaddress.IPv6Address(host)
+    except ValueError:
+        return address
+    return f"[{host}]:{port}"
+
+
 def parse_host(value: str) -> tuple[str, int]:
     """Parse OLLAMA_HOST-style values: "host", "host:port", "http://host:port", ":port"."""
     value = value.strip()
@@ -178,7 +192,7 @@ class Settings:
             gateway_health_addr=raw("CORRAL_GATEWAY_HEALTH_ADDR", env),
             scheduler_addr=raw("CORRAL_SCHEDULER_ADDR", env),
             runner_addr=runner_addr,
-            runner_advertise_addr=raw("CORRAL_RUNNER_ADVERTISE_ADDR", env) or runner_addr,
+            runner_advertise_addr=bracket_ipv6(raw("CORRAL_RUNNER_ADVERTISE_ADDR", env) or runner_addr),
             runner_device=raw("CORRAL_RUNNER_DEVICE", env),
             runner_id=raw("CORRAL_RUNNER_ID", env),
             runner_cache=Path(raw("CORRAL_RUNNER_CACHE", env)).expanduser(),

@@ -59,3 +59,14 @@ def test_durations() -> None:
 def test_bad_integer_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="CORRAL_MAX_QUEUE must be an integer"):
         Settings.from_env({"CORRAL_MAX_QUEUE": "lots"})
+
+
+def test_an_ipv6_advertise_address_gets_brackets() -> None:
+    def advertised(value: str) -> str:
+        return Settings.from_env({"CORRAL_RUNNER_ADVERTISE_ADDR": value}).runner_advertise_addr
+
+    assert advertised("fd00::5:50063") == "[fd00::5]:50063"  # what $(POD_IP):50063 gives on IPv6
+    assert advertised("[fd00::5]:50063") == "[fd00::5]:50063"
+    assert advertised("10.1.2.3:50063") == "10.1.2.3:50063"
+    assert advertised("runner:50063") == "runner:50063"
+    assert advertised("unix:/run/corral/runner.sock") == "unix:/run/corral/runner.sock"
