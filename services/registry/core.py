@@ -83,6 +83,8 @@ class Registry:
         return registry
 
     async def close(self) -> None:
+        """Stop the downloads in flight (their parts saved, resumable), then close the index."""
+        await self.downloads.close()
         await self.index.close()
 
     # Index maintenance

@@ -17,19 +17,20 @@ import errno
 import hashlib
 import logging
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
 
+import grpc
 import httpx
 
 from corral.errors import CorralError
 from corral.v1 import common_pb2
 from services.registry.digests import blob_filename, from_hex
 from services.registry.index import Index, PartState
-from services.registry.remote import Refused, Remote, raise_for_status, remote_error
+from services.registry.remote import Refused, Remote, Throttled, raise_for_status, refused, remote_error
 from services.registry.store import Store, _fsync_dir
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,8 @@ PARTIAL_SUFFIX = "-partial"
 _WRITE_BATCH = 4 << 20
 _HASH_BLOCK = 4 << 20
 _SYNC_EVERY = 64 << 20
+_MAX_BACKOFF = 30.0
+_MAX_RETRY_AFTER = 60.0  # a longer Retry-After is cut short; the try still counts
 _T = TypeVar("_T")
 
 
@@ -60,6 +63,15 @@ def split_parts(total: int, s: TransferSettings) -> list[PartState]:
 def digest_mismatch(want: str, got: str) -> CorralError:
     message = f"digest mismatch, file must be downloaded again: want {want}, got {got}"
     return CorralError(common_pb2.ERROR_REASON_DIGEST_MISMATCH, message)
+
+
+def blob_missing(digest: str) -> Refused:
+    """The registry has no such blob (a 404), in the words Ollama uses for a missing manifest."""
+    return refused(f"pull model blob {digest}: file does not exist", grpc.StatusCode.NOT_FOUND)
+
+
+def shutting_down() -> CorralError:
+    return remote_error("the registry is shutting down; pull again to resume", grpc.StatusCode.UNAVAILABLE)
 
 
 class _Stalled(Exception):
@@ -109,12 +121,13 @@ class BlobDownload:
         except BaseExceptionGroup as group:
             raise group.exceptions[0] from None
         finally:
-            saver.cancel()
-            hasher.cancel()
-            with contextlib.suppress(BaseException):
-                await hasher
-            await asyncio.shield(asyncio.to_thread(_close_after, pool, fd))
-            await asyncio.shield(self.index.put_parts(self.digest, self.parts))
+            for helper in (saver, hasher):
+                helper.cancel()
+                with contextlib.suppress(BaseException):
+                    await helper  # retrieved: a failed save must not surface later as an unretrieved error
+            # Finished even when cancelled again meanwhile, so Registry.close() can wait for them.
+            await _to_the_end(asyncio.to_thread(_close_after, pool, fd))
+            await _to_the_end(self.index.put_parts(self.digest, self.parts))
         got = from_hex(self._hash.hexdigest())
         if got != self.digest:
             await asyncio.to_thread(self.partial.unlink, True)
@@ -183,7 +196,7 @@ class BlobDownload:
                 except _Stalled:
                     log.warning("part %d of %s stalled; retrying", part.part, self.digest)
                 except Refused:
-                    raise  # a refused redirect or denied access: asking again changes nothing
+                    raise  # a refused redirect, denied access, a 404: asking again changes nothing
                 except (CorralError, httpx.HTTPError, OSError) as exc:
                     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
                         raise
@@ -191,7 +204,13 @@ class BlobDownload:
                     if tries >= self.settings.retries:
                         raise remote_error(f"max retries exceeded: {exc}") from exc
                     log.warning("part %d of %s failed (%s); retry %d", part.part, self.digest, exc, tries)
-                    await asyncio.sleep(min(self.settings.backoff_seconds * 2 ** (tries - 1), 30.0))
+                    await asyncio.sleep(self._pause(exc, tries))
+
+    def _pause(self, exc: Exception, tries: int) -> float:
+        """Exponential backoff, or the server's Retry-After when it asked for longer."""
+        backoff = min(self.settings.backoff_seconds * 2 ** (tries - 1), _MAX_BACKOFF)
+        asked = exc.retry_after if isinstance(exc, Throttled) else None
+        return backoff if asked is None else min(max(backoff, asked), _MAX_RETRY_AFTER)
 
     async def _fetch(self, pool: ThreadPoolExecutor, fd: int, part: PartState) -> None:
         start = part.offset + part.completed
@@ -200,6 +219,8 @@ class BlobDownload:
         stall = self.settings.stall_seconds
         loop = asyncio.get_running_loop()
         async with self.remote.open("GET", self.remote.blob_url(self.digest), headers=headers, timeout=None) as resp:
+            if resp.status_code == 404:
+                raise blob_missing(self.digest)
             await raise_for_status(resp)
             skip = start if resp.status_code == 200 else 0  # the server ignored Range
             pending: list[bytes] = []
@@ -260,16 +281,45 @@ def _close_after(pool: ThreadPoolExecutor, fd: int) -> None:
     os.close(fd)
 
 
+async def _to_the_end(aw: Awaitable[_T]) -> _T:
+    """Await `aw` to its end even when cancelled meanwhile (any number of times), then re-raise
+    the cancellation. asyncio.shield alone lets a second cancel leave it running unawaited."""
+    fut = asyncio.ensure_future(aw)
+    cancelled = False
+    while not fut.done():
+        try:
+            await asyncio.wait({fut})
+        except asyncio.CancelledError:
+            cancelled = True
+    if cancelled:
+        error = None if fut.cancelled() else fut.exception()  # retrieved, so never reported as lost
+        raise asyncio.CancelledError from error
+    return fut.result()
+
+
 class Downloads:
     """The downloads in flight, shared by digest."""
 
     def __init__(self, store: Store, index: Index, settings: TransferSettings) -> None:
         self.store, self.index, self.settings = store, index, settings
         self._active: dict[str, BlobDownload] = {}
+        self._closed = False
         self.fetched_total = 0  # network bytes of all downloads (for tests and benchmarks)
+
+    async def close(self) -> None:
+        """Cancel the downloads in flight and wait until each has saved its parts (they stay
+        resumable), so nothing writes to the index after it is closed."""
+        self._closed = True
+        tasks = [dl.task for dl in self._active.values() if dl.task is not None]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
 
     async def download(self, remote: Remote, digest: str, total: int, interval: float = 0.06) -> AsyncIterator[int]:
         """Download a blob (or join the download in flight); yields bytes completed so far."""
+        if self._closed:
+            raise shutting_down()
         dl = self._active.get(digest)
         if dl is None or dl.task is None or dl.task.done():
             dl = BlobDownload(self.store, self.index, self.settings, remote, digest, total)
@@ -282,6 +332,8 @@ class Downloads:
             while not task.done():
                 yield dl.completed
                 await asyncio.wait({task}, timeout=interval)
+            if task.cancelled() and self._closed:
+                raise shutting_down()  # close() cancelled it, not this waiter's pull
             task.result()
             yield total
         finally:

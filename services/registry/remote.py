@@ -17,6 +17,7 @@ import re
 import time
 from collections.abc import AsyncIterable, AsyncIterator
 from contextlib import asynccontextmanager
+from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
@@ -39,11 +40,28 @@ def remote_error(message: str, code: grpc.StatusCode = grpc.StatusCode.INTERNAL)
 
 
 class Refused(CorralError):
-    """A failure that retrying cannot change: a refused redirect or token realm, denied access."""
+    """A failure that retrying cannot change: a refused redirect or token realm, denied access,
+    a 4xx answer other than 408 and 429."""
 
 
 def refused(message: str, code: grpc.StatusCode = grpc.StatusCode.INTERNAL) -> Refused:
     return Refused(common_pb2.ERROR_REASON_UNSPECIFIED, message, code)
+
+
+class Throttled(CorralError):
+    """A 429 or 503: worth asking again, after `retry_after` seconds where the server said so."""
+
+    def __init__(self, message: str, retry_after: float | None) -> None:
+        super().__init__(common_pb2.ERROR_REASON_UNSPECIFIED, message, grpc.StatusCode.UNAVAILABLE)
+        self.retry_after = retry_after
+
+
+# The gRPC code (and so the gateway's HTTP status) of a permanent answer; others are INTERNAL (500).
+_REFUSED_CODES = {
+    403: grpc.StatusCode.PERMISSION_DENIED,
+    404: grpc.StatusCode.NOT_FOUND,
+    410: grpc.StatusCode.NOT_FOUND,
+}
 
 
 def invalid(message: str) -> CorralError:
@@ -235,10 +253,29 @@ class Remote:
         await self.send("PUT", self.manifest_url(), headers=headers, content=data, timeout=60)
 
 
+def retry_after(resp: httpx.Response) -> float | None:
+    """The pause a `Retry-After` header asks for (seconds or an HTTP date), if any."""
+    value = resp.headers.get("retry-after", "").strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time()) if when.tzinfo else None
+
+
 async def raise_for_status(resp: httpx.Response) -> None:
-    if resp.status_code < 400:
+    """Ollama's `<status>: <body>` for a failed answer, typed by whether asking again can help."""
+    status = resp.status_code
+    if status < 400:
         return
     body = (await resp.aread())[:2048].decode("utf-8", errors="replace").strip()
-    if resp.status_code == 401:
+    if status == 401:
         raise refused("unauthorized: access denied", grpc.StatusCode.UNAUTHENTICATED)
-    raise remote_error(f"{resp.status_code}: {body}")
+    message = f"{status}: {body}"
+    if status in (429, 503):
+        raise Throttled(message, retry_after(resp))
+    if status == 408 or status >= 500:
+        raise remote_error(message)
+    raise refused(message, _REFUSED_CODES.get(status, grpc.StatusCode.INTERNAL))

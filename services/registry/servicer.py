@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
-from collections.abc import AsyncIterator, Callable, Iterable
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
+from typing import Any
 
 import grpc
 from google.protobuf import json_format, struct_pb2
@@ -11,9 +15,11 @@ from google.protobuf import json_format, struct_pb2
 from corral.errors import CorralError
 from corral.v1 import common_pb2, registry_pb2, registry_pb2_grpc, scheduler_pb2
 from services.registry.core import Registry
-from services.registry.create import CreateRequest
+from services.registry.create import CreateRequest, Progress
 from services.registry.digests import INVALID_DIGEST_MESSAGE
 from services.registry.model import StoredModel, geometry
+
+log = logging.getLogger(__name__)
 
 
 def model_to_proto(m: StoredModel) -> registry_pb2.Model:
@@ -59,6 +65,22 @@ def _struct_to_dict(s: struct_pb2.Struct) -> dict[str, object]:
     return json_format.MessageToDict(s)
 
 
+async def _write_all(context: grpc.aio.ServicerContext, messages: AsyncGenerator[Any, None]) -> None:
+    """Write a streaming reply here rather than yield it to grpc.
+
+    When a client cancels while a write is in flight, the write fails (ExecuteBatchError, an
+    InternalError) and grpc, if it sees that before the cancel itself, logs it as an ERROR.
+    Here the RPC ends as grpc ends a cancelled one, quietly; `messages` is closed first.
+    """
+    async with contextlib.aclosing(messages):
+        async for message in messages:
+            try:
+                await context.write(message)
+            except grpc.aio.InternalError as exc:  # the call has ended under the write
+                log.debug("streaming reply ended: the client has gone (%s)", exc)
+                raise asyncio.CancelledError from None
+
+
 class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     def __init__(self, registry: Registry, gc_grace_seconds: float = 3600.0) -> None:
         self.registry = registry
@@ -92,6 +114,11 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             messages=tuple((m.role, m.content) for m in request.messages) or None,
             modelfile=request.modelfile,
         )
+        await _write_all(context, self._create_events(req))
+        return
+        yield  # an async generator, as the ErrorInterceptor expects of a streaming method
+
+    async def _create_events(self, req: CreateRequest) -> AsyncGenerator[registry_pb2.CreateModelResponse, None]:
         async for event in self.registry.create(req):
             yield registry_pb2.CreateModelResponse(
                 status=event.status, digest=event.digest, total=event.total, completed=event.completed
@@ -124,6 +151,11 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     async def ReadBlob(
         self, request: registry_pb2.ReadBlobRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[registry_pb2.ReadBlobResponse]:
+        await _write_all(context, self._blob_chunks(request))
+        return
+        yield  # an async generator, as the ErrorInterceptor expects of a streaming method
+
+    async def _blob_chunks(self, request: registry_pb2.ReadBlobRequest) -> AsyncGenerator[Any, None]:
         first = True
         async for size, chunk in self.registry.read_blob(request.digest, request.offset):
             yield registry_pb2.ReadBlobResponse(size_bytes=size if first else 0, chunk=chunk)
@@ -168,14 +200,16 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     async def PullModel(
         self, request: registry_pb2.PullModelRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[registry_pb2.TransferProgress]:
-        async for e in self.registry.pull(request.name, request.insecure):
-            yield registry_pb2.TransferProgress(status=e.status, digest=e.digest, total=e.total, completed=e.completed)
+        await _write_all(context, _progress(self.registry.pull(request.name, request.insecure)))
+        return
+        yield  # an async generator, as the ErrorInterceptor expects of a streaming method
 
     async def PushModel(
         self, request: registry_pb2.PushModelRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[registry_pb2.TransferProgress]:
-        async for e in self.registry.push(request.name, request.insecure):
-            yield registry_pb2.TransferProgress(status=e.status, digest=e.digest, total=e.total, completed=e.completed)
+        await _write_all(context, _progress(self.registry.push(request.name, request.insecure)))
+        return
+        yield  # an async generator, as the ErrorInterceptor expects of a streaming method
 
     async def VerifyBlobs(
         self, request: registry_pb2.VerifyBlobsRequest, context: grpc.aio.ServicerContext
@@ -190,6 +224,11 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     ) -> registry_pb2.CollectGarbageResponse:
         grace = request.grace_seconds if request.HasField("grace_seconds") else self.gc_grace_seconds
         return registry_pb2.CollectGarbageResponse(removed_blobs=await self.registry.collect_garbage(grace))
+
+
+async def _progress(events: AsyncIterator[Progress]) -> AsyncGenerator[registry_pb2.TransferProgress, None]:
+    async for e in events:
+        yield registry_pb2.TransferProgress(status=e.status, digest=e.digest, total=e.total, completed=e.completed)
 
 
 def register(registry: Registry, gc_grace_seconds: float = 3600.0) -> Callable[[grpc.aio.Server], Iterable[str]]:

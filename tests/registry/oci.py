@@ -8,7 +8,7 @@ which requests were answered 401. `Proxy` forwards a loopback port to it while
 counting (and optionally rate-limiting) the bytes sent to the client, so tests
 can interrupt a pull mid-blob and see how many bytes a resumed pull fetched.
 `Front` is an HTTP server that forwards requests to it but can answer blob
-GETs with a redirect instead.
+GETs itself instead: with a redirect, or with any status (404, 429, ...).
 """
 
 from __future__ import annotations
@@ -176,12 +176,17 @@ class Proxy:
         self._thread.join(5)
 
 
+# (status, headers, body) of an answer the front gives itself.
+Reply = tuple[int, dict[str, str], bytes]
+
+
 class Front:
     """An HTTP server on `bind`:<port> that forwards every request to a registry, in its own thread.
 
-    `redirect(path)` may answer a blob GET with a 307 to the URL it returns (None: forward it).
-    A path under `/direct` is forwarded with that prefix removed, so a same-host redirect can
-    point there. Every request is recorded as (method, path, status).
+    `redirect(path)` may answer a blob GET with a 307 to the URL it returns (None: forward it);
+    `answer(path)` may answer it with any reply (None: forward it). A path under `/direct` is
+    forwarded with that prefix removed, so a same-host redirect can point there. Every request
+    is recorded as (method, path, status).
     """
 
     DIRECT = "/direct"
@@ -189,6 +194,7 @@ class Front:
     def __init__(self, target: str, bind: str = "127.0.0.1") -> None:
         self.target = target
         self.redirect: Callable[[str], str | None] = lambda _path: None
+        self.answer: Callable[[str], Reply | None] = lambda _path: None
         self.requests: list[tuple[str, str, int]] = []
         self._client = httpx.Client(base_url=f"http://{target}", timeout=30)
         front = self
@@ -211,8 +217,11 @@ class Front:
         path, method = h.path, h.command
         redirectable = method == "GET" and "/blobs/sha256:" in path and not path.startswith(self.DIRECT)
         location = self.redirect(path) if redirectable else None
+        reply = self.answer(path) if redirectable and location is None else None
         if location is not None:
             status, headers, body = 307, {"Location": location}, b""
+        elif reply is not None:
+            status, headers, body = reply
         else:
             length = int(h.headers.get("Content-Length") or 0)
             content = h.rfile.read(length) if length else None

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import logging
+import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -180,3 +183,25 @@ async def test_create_from_non_gguf(stub: registry_pb2_grpc.RegistryServiceStub)
         R.ERROR_REASON_INVALID_GGUF,
         "supplied file was not in GGUF format",
     )
+
+
+async def test_a_client_that_cancels_read_blob_leaves_no_error_log(
+    stub: registry_pb2_grpc.RegistryServiceStub, registry: Registry, caplog: pytest.LogCaptureFixture
+) -> None:
+    data = os.urandom(8 << 20)  # 8 messages: the server is mid-write when the client cancels
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    await stub.UploadBlob(_upload_messages(digest, data))
+    caplog.set_level(logging.DEBUG, "services.registry.servicer")
+    for _ in range(10):  # grpc logged an ERROR for most of such cancels, not all
+        call = stub.ReadBlob(registry_pb2.ReadBlobRequest(digest=digest))
+        first = await anext(aiter(call))
+        assert first.size_bytes == len(data) and first.chunk
+        await asyncio.sleep(0.03)  # the next write waits for the client's flow-control window
+        call.cancel()
+    await asyncio.sleep(0.2)  # let the server see every cancel
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert any("the client has gone" in r.getMessage() for r in caplog.records)  # the failed writes, at debug
+
+    # A reader that stays gets the whole blob.
+    chunks = [m.chunk async for m in stub.ReadBlob(registry_pb2.ReadBlobRequest(digest=digest))]
+    assert b"".join(chunks) == data
