@@ -27,6 +27,17 @@ async def create(reg: Registry, req: CreateRequest) -> list[Progress]:
     return [event async for event in reg.create(req)]
 
 
+async def events(stream: AsyncIterator[Progress]) -> list[Progress]:
+    return [e async for e in stream]
+
+
+async def publish(reg: Registry, gguf: TinyGGUF, name: str) -> list[Progress]:
+    """Upload `gguf`, create `name` from it and push it (the name carries the registry host)."""
+    await upload(reg, gguf)
+    await create(reg, CreateRequest(name=name, files={"m.gguf": gguf.digest}, system="be brief"))
+    return await events(reg.push(name, insecure=True))
+
+
 def all_files(root: Path) -> set[str]:
     return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
 

@@ -11,11 +11,10 @@ import pytest
 from corral.errors import CorralError
 from corral.v1 import common_pb2
 from services.registry.core import Registry
-from services.registry.create import CreateRequest, Progress
 from services.registry.download import TransferSettings, partial_name
 from services.registry.manifest import Manifest
 from tests.ggufs import TinyGGUF, file_digest, write_tiny_gguf
-from tests.registry.helpers import create, upload
+from tests.registry.helpers import events, publish
 from tests.registry.oci import OciRegistry, Proxy, start_oci_registry
 
 SMALL_PARTS = TransferSettings(parallel=2, min_part=1 << 20, save_seconds=0.05, backoff_seconds=0.05)
@@ -41,16 +40,6 @@ async def other(tmp_path: Path) -> AsyncIterator[Registry]:
         yield reg
     finally:
         await reg.close()
-
-
-async def events(stream: AsyncIterator[Progress]) -> list[Progress]:
-    return [e async for e in stream]
-
-
-async def publish(reg: Registry, gguf: TinyGGUF, name: str) -> list[Progress]:
-    await upload(reg, gguf)
-    await create(reg, CreateRequest(name=name, files={"m.gguf": gguf.digest}, system="be brief"))
-    return await events(reg.push(name, insecure=True))
 
 
 async def test_push_then_pull_round_trip(registry: Registry, other: Registry, oci: OciRegistry, tiny: TinyGGUF) -> None:

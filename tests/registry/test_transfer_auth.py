@@ -20,11 +20,10 @@ import pytest
 
 from corral.errors import CorralError
 from services.registry.core import Registry
-from services.registry.create import CreateRequest, Progress
 from services.registry.download import TransferSettings
 from services.registry.manifest import Manifest
 from tests.ggufs import TinyGGUF, file_digest
-from tests.registry.helpers import create, upload
+from tests.registry.helpers import events, publish
 from tests.registry.oci import OciRegistry, start_oci_registry
 from tests.registry.token_server import TokenServer, grant_all
 
@@ -61,16 +60,6 @@ async def other(tmp_path: Path) -> AsyncIterator[Registry]:
         yield reg
     finally:
         await reg.close()
-
-
-async def events(stream: AsyncIterator[Progress]) -> list[Progress]:
-    return [e async for e in stream]
-
-
-async def publish(reg: Registry, gguf: TinyGGUF, name: str) -> list[Progress]:
-    await upload(reg, gguf)
-    await create(reg, CreateRequest(name=name, files={"m.gguf": gguf.digest}, system="be brief"))
-    return await events(reg.push(name, insecure=True))
 
 
 def docker_login(tmp_path: Path, entries: dict[str, dict[str, str]]) -> None:

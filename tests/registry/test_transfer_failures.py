@@ -24,11 +24,11 @@ import pytest
 
 from corral.errors import CorralError
 from services.registry.core import Registry
-from services.registry.create import CreateRequest, Progress
+from services.registry.create import CreateRequest
 from services.registry.download import TransferSettings
 from services.registry.remote import retry_after
 from tests.ggufs import TinyGGUF, file_digest, write_tiny_gguf
-from tests.registry.helpers import create, upload
+from tests.registry.helpers import create, events, upload
 from tests.registry.oci import Front, OciRegistry, Proxy, Reply, start_oci_registry
 
 # Default retries and backoff (6 tries, 0.5 s doubled): a permanent answer must not go through them.
@@ -84,10 +84,6 @@ async def loop_errors() -> AsyncIterator[list[dict[str, Any]]]:
         yield seen
     finally:
         loop.set_exception_handler(previous)
-
-
-async def events(stream: AsyncIterator[Progress]) -> list[Progress]:
-    return [e async for e in stream]
 
 
 def gets_of(front: Front, digest: str) -> list[int]:

@@ -16,10 +16,10 @@ import pytest
 
 from corral.errors import CorralError
 from services.registry.core import Registry
-from services.registry.create import CreateRequest, Progress
+from services.registry.create import CreateRequest
 from services.registry.download import TransferSettings, partial_name
 from tests.ggufs import TinyGGUF, file_digest
-from tests.registry.helpers import create, upload
+from tests.registry.helpers import create, events, upload
 from tests.registry.oci import Front, OciRegistry, start_oci_registry
 
 # Default retries and backoff (0.5 s, doubled): a refusal must fail at once, not after them.
@@ -61,10 +61,6 @@ async def other(tmp_path: Path) -> AsyncIterator[Registry]:
         yield reg
     finally:
         await reg.close()
-
-
-async def events(stream: AsyncIterator[Progress]) -> list[Progress]:
-    return [e async for e in stream]
 
 
 def blob_gets(front: Front) -> list[tuple[str, int]]:
