@@ -14,14 +14,12 @@ import pytest
 from corral.errors import CorralError
 from corral.v1 import common_pb2
 from services.runner import devices
+from services.runner.cgroups import CgroupMemory, cgroup_cpu_limit, cgroup_memory
 from services.runner.core import Runner
 from services.runner.devices import (
-    CgroupMemory,
     CpuProbe,
     DeviceInfo,
     NvmlProbe,
-    cgroup_cpu_limit,
-    cgroup_memory,
     cpu_threads,
     cuda_env,
     device_tag,
