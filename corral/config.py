@@ -76,6 +76,12 @@ VARS: tuple[Var, ...] = (
     Var("CORRAL_BLOB_GRACE", "1h", "Unreferenced blobs younger than this survive garbage collection."),
     Var("CORRAL_VERIFY_INTERVAL", "24h", "Re-hash every stored blob this often in the background; 0 = never."),
     Var("CORRAL_PULL_PARALLEL", "4", "Ranged parts downloaded at once per blob during a pull."),
+    Var(
+        "CORRAL_REDIRECT_HOSTS",
+        "",
+        "Other hosts a registry may redirect blob downloads to, comma-separated (`cdn.example.com`,"
+        " `*.r2.cloudflarestorage.com`, optional `:port`); followed without the registry's token; empty = none.",
+    ),
 )
 
 _BY_NAME = {v.name: v for v in VARS}
@@ -100,6 +106,11 @@ def _int(name: str, env: dict[str, str] | None) -> int:
         return int(value)
     except ValueError as exc:
         raise ValueError(f"{name} must be an integer, got {value!r}") from exc
+
+
+def _list(value: str) -> tuple[str, ...]:
+    """A comma-separated value's non-empty items, trimmed."""
+    return tuple(item.strip() for item in value.split(",") if item.strip())
 
 
 def _bool_or_none(value: str) -> bool | None:
@@ -168,6 +179,7 @@ class Settings:
     heartbeat_interval_seconds: float
     runner_timeout_seconds: float
     runtime_dir: str
+    redirect_hosts: tuple[str, ...] = ()  # host patterns, checked by services/registry/redirects.py
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -199,4 +211,5 @@ class Settings:
             heartbeat_interval_seconds=parse_keep_alive(raw("CORRAL_HEARTBEAT_INTERVAL", env), env_style=True),
             runner_timeout_seconds=parse_keep_alive(raw("CORRAL_RUNNER_TIMEOUT", env), env_style=True),
             runtime_dir=raw("CORRAL_RUNTIME_DIR", env),
+            redirect_hosts=_list(raw("CORRAL_REDIRECT_HOSTS", env)),
         )

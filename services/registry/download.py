@@ -19,7 +19,7 @@ import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
 
@@ -30,6 +30,7 @@ from corral.errors import CorralError
 from corral.v1 import common_pb2
 from services.registry.digests import blob_filename, from_hex
 from services.registry.index import Index, PartState
+from services.registry.redirects import RedirectHosts
 from services.registry.remote import Refused, Remote, Throttled, raise_for_status, refused, remote_error
 from services.registry.store import Store, _fsync_dir
 
@@ -53,6 +54,8 @@ class TransferSettings:
     retries: int = 6
     backoff_seconds: float = 0.5  # doubled per retry, capped at 30 s
     save_seconds: float = 0.5  # how often part progress is written to the index
+    # Other hosts blob GETs may be redirected to (CORRAL_REDIRECT_HOSTS); empty: none.
+    redirect_hosts: RedirectHosts = field(default_factory=RedirectHosts)
 
 
 def split_parts(total: int, s: TransferSettings) -> list[PartState]:
@@ -215,7 +218,8 @@ class BlobDownload:
     async def _fetch(self, pool: ThreadPoolExecutor, fd: int, part: PartState) -> None:
         start = part.offset + part.completed
         end = part.offset + part.size - 1
-        headers = {"Range": f"bytes={start}-{end}"}
+        # identity: the raw bytes are written as they come, and a range of a compressed body is no range of the blob
+        headers = {"Range": f"bytes={start}-{end}", "Accept-Encoding": "identity"}
         stall = self.settings.stall_seconds
         loop = asyncio.get_running_loop()
         async with self.remote.open("GET", self.remote.blob_url(self.digest), headers=headers, timeout=None) as resp:

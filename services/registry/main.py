@@ -13,6 +13,7 @@ from corral.grpc_server import GrpcService, run_until_signal
 from services.registry.core import Registry
 from services.registry.download import TransferSettings
 from services.registry.manage import background_verify
+from services.registry.redirects import RedirectHosts
 from services.registry.servicer import register
 
 log = logging.getLogger(__name__)
@@ -24,10 +25,22 @@ def _seconds(name: str) -> float:
     return parse_keep_alive(raw(name), env_style=True)
 
 
+def redirect_hosts(settings: Settings) -> RedirectHosts:
+    """CORRAL_REDIRECT_HOSTS, checked: a bad pattern stops the service rather than being skipped."""
+    try:
+        hosts = RedirectHosts.parse(settings.redirect_hosts)
+    except ValueError as exc:
+        raise ValueError(f"CORRAL_REDIRECT_HOSTS: {exc}") from None
+    if hosts:
+        log.info("blob downloads may be redirected to %s (without the registry's token)", hosts)
+    return hosts
+
+
 async def serve(settings: Settings) -> None:
     """Open the store at settings.models_dir and serve RegistryService until SIGTERM/SIGINT."""
     noprune = raw("CORRAL_NOPRUNE").lower() not in ("", "0", "false", "no", "off")
-    transfer = TransferSettings(parallel=max(1, int(raw("CORRAL_PULL_PARALLEL"))))
+    parallel = max(1, int(raw("CORRAL_PULL_PARALLEL")))
+    transfer = TransferSettings(parallel=parallel, redirect_hosts=redirect_hosts(settings))
     registry = await Registry.open(settings.models_dir, transfer, noprune)
     grace = _seconds("CORRAL_BLOB_GRACE")
     log.info("model store at %s", registry.store.root)

@@ -3,8 +3,9 @@
 `Remote` wraps one repository (`<host>/v2/<namespace>/<model>`): it answers
 bearer-token challenges (the token realm must be on the registry's host; basic
 credentials for the token request come from Docker's config file), follows
-redirects only on the same host, and turns HTTP failures into CorralErrors with
-Ollama's messages. Plain HTTP needs `insecure`.
+redirects on the same host, and of bodiless requests to the hosts the operator
+allowed (`CORRAL_REDIRECT_HOSTS`, never with the token), and turns HTTP failures
+into CorralErrors with Ollama's messages. Plain HTTP needs `insecure`.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from corral.errors import CorralError
 from corral.v1 import common_pb2
 from services.registry.manifest import MANIFEST_MEDIA_TYPE, MAX_MANIFEST_BYTES, go_arch, go_os
 from services.registry.names import ModelName, parse_name
+from services.registry.redirects import RedirectHosts
 
 MAX_REDIRECTS = 5
 USER_AGENT = f"corral/{__version__} ({go_arch()} {go_os()})"
@@ -110,14 +112,26 @@ def docker_credentials(host: str) -> tuple[str, str] | None:
     return None
 
 
-class Remote:
-    """One repository on one registry."""
+def _shown(url: str) -> str:
+    """`url` without its query, for messages: a signed CDN URL's query is a credential."""
+    return urlsplit(url)._replace(query="", fragment="").geturl()
 
-    def __init__(self, client: httpx.AsyncClient, name: ModelName, scheme: str) -> None:
+
+class Remote:
+    """One repository on one registry.
+
+    `insecure`: the user allowed plain HTTP for this registry (so for its redirects too).
+    `redirect_hosts`: other hosts whose redirects a GET or HEAD may follow, without the token.
+    """
+
+    def __init__(self, client: httpx.AsyncClient, name: ModelName, scheme: str, *, insecure: bool = False,
+                 redirect_hosts: RedirectHosts | None = None) -> None:  # fmt: skip
         self.client = client
         self.name = name
         self.base = f"{scheme}://{name.host}"
         self.repo = f"{self.base}/v2/{name.namespace}/{name.model}"
+        self.insecure = insecure or scheme == "http"
+        self.redirect_hosts = redirect_hosts or RedirectHosts()
         self._host = urlsplit(self.base).netloc.lower()
         self._token = ""
 
@@ -134,9 +148,26 @@ class Remote:
             raise refused(f"refusing redirect to another host: {urlsplit(full).netloc}")
         return full
 
-    def _headers(self, extra: dict[str, str] | None) -> dict[str, str]:
+    def _redirect(self, current: str, location: str, bodiless: bool) -> tuple[str, bool]:
+        """Where a redirect from `current` leads and whether that is the registry's own host.
+
+        Another host must be on the allow-list, for a request without a body, over https
+        unless the registry is used insecurely; anything else is refused without contacting it.
+        """
+        target = urljoin(current, location)
+        netloc = urlsplit(target).netloc
+        if netloc.lower() == self._host:
+            return target, True
+        if not bodiless or not self.redirect_hosts.allows(target):
+            raise refused(f"refusing redirect to another host: {netloc}")
+        if urlsplit(target).scheme.lower() != "https" and not self.insecure:
+            raise refused(f"refusing redirect to another host over plain http: {netloc}")
+        return target, False
+
+    def _headers(self, extra: dict[str, str] | None, on_registry: bool = True) -> dict[str, str]:
+        """The request's headers; the token only ever goes to the registry's own host."""
         headers = {"User-Agent": USER_AGENT, **(extra or {})}
-        if self._token:
+        if self._token and on_registry:
             headers["Authorization"] = f"Bearer {self._token}"
         return headers
 
@@ -145,33 +176,41 @@ class Remote:
         self, method: str, url: str, *, headers: dict[str, str] | None = None, content: Any = None,
         timeout: float | None = 30.0,
     ) -> AsyncIterator[httpx.Response]:  # fmt: skip
-        """A streamed response after auth and same-host redirects; the body is not read yet."""
+        """A streamed response after auth and redirects; the body is not read yet.
+
+        A redirect to an allowed other host is followed without the Authorization header, and
+        a 401 from there is the answer (no token is fetched for another host).
+        """
         url = self.same_host(url)
-        authed = False
-        for _ in range(MAX_REDIRECTS + 2):
+        bodiless = method in ("GET", "HEAD") and content is None
+        on_registry, authed, hops = True, False, 0
+        while True:  # ends: one token round at most, MAX_REDIRECTS redirects at most
             req = self.client.build_request(
-                method, url, headers=self._headers(headers), content=content, timeout=timeout
+                method, url, headers=self._headers(headers, on_registry), content=content, timeout=timeout
             )
             try:
                 resp = await self.client.send(req, stream=True, follow_redirects=False)
             except httpx.HTTPError as exc:
-                raise remote_error(f"{method} {url}: {exc}", grpc.StatusCode.UNAVAILABLE) from exc
+                raise remote_error(f"{method} {_shown(url)}: {exc}", grpc.StatusCode.UNAVAILABLE) from exc
             try:
-                if resp.status_code == 401 and not authed and (content is None or isinstance(content, bytes)):
+                if (resp.status_code == 401 and on_registry and not authed
+                        and (content is None or isinstance(content, bytes))):  # fmt: skip
                     challenge = resp.headers.get("www-authenticate", "")
                     await resp.aread()
                     await self._authenticate(challenge)
                     authed = True
                     continue
                 if resp.status_code in (301, 302, 303, 307, 308) and "location" in resp.headers:
-                    url = self.same_host(resp.headers["location"])
+                    hops += 1
+                    if hops > MAX_REDIRECTS:
+                        raise refused(f"too many redirects for {_shown(url)}")
+                    url, on_registry = self._redirect(url, resp.headers["location"], bodiless)
                     method = "GET" if resp.status_code == 303 else method
                     continue
                 yield resp
                 return
             finally:
                 await resp.aclose()
-        raise refused(f"too many redirects for {url}")
 
     async def _authenticate(self, challenge: str) -> None:
         scheme, _, params = challenge.partition(" ")

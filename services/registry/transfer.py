@@ -13,6 +13,7 @@ import httpx
 
 from services.registry.create import Progress
 from services.registry.manifest import Layer, Manifest, ManifestError
+from services.registry.names import ModelName
 from services.registry.remote import Remote, invalid, parse_remote_name, remote_error
 
 if TYPE_CHECKING:
@@ -29,6 +30,11 @@ def _unique(manifest: Manifest) -> list[Layer]:
     return list(seen.values())
 
 
+def _remote(registry: Registry, client: httpx.AsyncClient, name: ModelName, scheme: str, insecure: bool) -> Remote:
+    hosts = registry.downloads.settings.redirect_hosts
+    return Remote(client, name, scheme, insecure=insecure, redirect_hosts=hosts)
+
+
 def _short(digest: str) -> str:
     return digest.removeprefix("sha256:")[:12]
 
@@ -37,7 +43,7 @@ async def pull_model(registry: Registry, raw_name: str, insecure: bool) -> Async
     name, scheme = parse_remote_name(raw_name, insecure)
     yield Progress("pulling manifest")
     async with httpx.AsyncClient(http2=False, trust_env=False) as client:
-        remote = Remote(client, name, scheme)
+        remote = _remote(registry, client, name, scheme, insecure)
         data = await remote.get_manifest()
         try:
             manifest = Manifest.from_bytes(data)
@@ -128,7 +134,7 @@ async def push_model(registry: Registry, raw_name: str, insecure: bool) -> Async
     data = await registry.manifest_bytes(raw_name)
     manifest = Manifest.from_bytes(data)
     async with httpx.AsyncClient(trust_env=False) as client:
-        remote = Remote(client, name, scheme)
+        remote = _remote(registry, client, name, scheme, insecure)
         for layer in _unique(manifest):
             path = registry.store.blob_path(layer.digest)
             if not await asyncio.to_thread(os.path.isfile, path):

@@ -2,7 +2,8 @@
 
 The client follows a redirect only when it stays on the registry's own host
 (scheme-less `host:port`, compared exactly); anything else fails the pull with
-`refusing redirect to another host: <host>` and never touches that host.
+`refusing redirect to another host: <host>` and never touches that host. That is the
+default (CORRAL_REDIRECT_HOSTS empty); test_transfer_redirect_hosts.py covers an allow-list.
 """
 
 from __future__ import annotations
