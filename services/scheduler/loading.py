@@ -66,12 +66,14 @@ async def load_watching_progress(
 
 def measured_by_device(inst: Instance, runner: Runner, mem: runner_pb2.MemoryUsage) -> dict[str, int]:
     """What the runner says the instance holds per device. A CPU runner holds it all in RAM; a GPU
-    runner that reports only a GPU total has it shared out like the estimate."""
+    runner that reports only a GPU total has it shared out like the estimate, and one that reports
+    no GPU figures at all (llama.cpp's buffer lines missing) keeps the estimate, so the ledger
+    never takes a loaded model for free memory."""
     if not runner.is_gpu:
         return {d.id: mem.total_bytes for d in runner.devices[:1]}
     if mem.devices:
         return {d.device_id: d.bytes for d in mem.devices}
     planned = sum(inst.estimate.values())
-    if not planned:
-        return {}
+    if not mem.gpu_bytes or not planned:
+        return dict(inst.estimate)
     return {dev: mem.gpu_bytes * b // planned for dev, b in inst.estimate.items()}

@@ -193,7 +193,7 @@ def place(inv: Inventory, key: LoadKey, est: Estimate, max_loaded_models: int, s
                 return Evict(victims)
     partial = [(s, t) for t in targets if t.on_gpu and (s := memory.most_layers(est, t.room(inv)))]
     if partial:
-        fitted, target = max(partial, key=lambda p: len(est.offloaded(p[0].gpu_layers)))
+        fitted, target = max(partial, key=lambda p: sum(p[0].units))  # the most layers offloaded
         return target.place(fitted)
     empty = [t for t in targets if not inv.on_runner(t.runner.id)]
     if empty:  # the most devices first: llama.cpp spreads what it can

@@ -5,8 +5,10 @@ from __future__ import annotations
 import bisect
 import itertools
 
+from corral.v1 import runner_pb2, scheduler_pb2
 from services.scheduler import memory, placement
-from services.scheduler.inventory import Inventory
+from services.scheduler.inventory import Instance, Inventory
+from services.scheduler.loading import measured_by_device
 from services.scheduler.memory import Estimate
 from tests.scheduler.test_placement import GIB, cpu, est, gpus, key, loaded
 
@@ -96,3 +98,11 @@ def test_partial_offload_uses_every_gpu_of_the_runner() -> None:
     # 23.5 GiB of room on each GPU holds 23 blocks: 46 of the 100 and the head (no bytes here),
     # twice what one GPU could.
     assert decision.gpu_layers == 47 and decision.tensor_split == (23, 24)
+
+
+def test_a_gpu_runner_without_memory_figures_keeps_the_estimate_in_the_ledger() -> None:
+    runner = gpus(24 * GIB, 24 * GIB)
+    inst = Instance("i", "multi", key(), scheduler_pb2.ModelSpec(), 8 * GIB, {"cuda:0": 5 * GIB, "cuda:1": 3 * GIB}, 60)
+    assert measured_by_device(inst, runner, runner_pb2.MemoryUsage(total_bytes=GIB)) == inst.estimate
+    shared = measured_by_device(inst, runner, runner_pb2.MemoryUsage(total_bytes=GIB, gpu_bytes=8 * GIB // 2))
+    assert shared == {"cuda:0": 5 * GIB // 2, "cuda:1": 3 * GIB // 2}
