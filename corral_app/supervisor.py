@@ -54,7 +54,7 @@ class Child:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "corral", self.service],
+            [sys.executable, "-m", "corral_app", self.service],
             env=self.env,
             preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
         )
