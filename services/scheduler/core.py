@@ -45,7 +45,7 @@ class SchedulerConfig:
     flash_attention: bool | None = None
     release_settle: float = 5.0  # seconds a device's free memory may lag an unload
     load_poll: float = 1.0  # seconds between load-progress checks
-    lease_idle_timeout: float = 120.0  # leases on an instance with no work for this long are reclaimed
+    lease_idle_timeout: float = 15.0  # leases on an instance with no work for this long are reclaimed
 
 
 @dataclass(frozen=True)
