@@ -143,7 +143,7 @@ def _local_file(value: str, base: Path) -> Path | None:
 
 
 def cmd_create(client: Client, args: argparse.Namespace) -> int:
-    from services.registry.modelfile import parse_spec
+    from corral.modelfile import parse_spec
 
     path = Path(args.file)
     try:

@@ -7,8 +7,8 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from corral.errors import CorralError
+from corral.modelfile import ModelfileSpec, parse_spec, quote
 from corral.v1 import common_pb2
-from services.registry.modelfile import ModelfileSpec, parse_spec, quote
 from tests.fuzz.bounds import bounded
 
 WORDS = [
