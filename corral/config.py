@@ -82,6 +82,16 @@ VARS: tuple[Var, ...] = (
     ),
     Var("CORRAL_HEARTBEAT_INTERVAL", "2s", "How often runners send heartbeats."),
     Var("CORRAL_RUNNER_TIMEOUT", "10s", "A runner silent for this long is considered gone."),
+    Var(
+        "CORRAL_LEASE_IDLE_TIMEOUT",
+        "15s",
+        "Leases on a model its runner has had no work for this long are reclaimed (a crashed gateway's).",
+    ),
+    Var(
+        "CORRAL_DRAIN_TIMEOUT",
+        "30s",
+        "On SIGTERM the gateway refuses new requests and lets running ones finish for at most this long.",
+    ),
     Var("CORRAL_RUNTIME_DIR", "", "Where `corral serve` puts its Unix sockets; empty = a fresh temporary directory."),
     Var("CORRAL_ORIGINS", "", "Extra allowed CORS origins, comma-separated (wildcards allowed).", "OLLAMA_ORIGINS"),
     Var("CORRAL_API_KEY", "", "When set, every request but GET / needs `Authorization: Bearer <key>`."),
@@ -192,6 +202,8 @@ class Settings:
     heartbeat_interval_seconds: float
     runner_timeout_seconds: float
     runtime_dir: str
+    lease_idle_timeout_seconds: float = 15.0
+    drain_timeout_seconds: float = 30.0
     redirect_hosts: tuple[str, ...] = ()  # host patterns, checked by services/registry/redirects.py
 
     @classmethod
@@ -224,5 +236,7 @@ class Settings:
             heartbeat_interval_seconds=parse_keep_alive(raw("CORRAL_HEARTBEAT_INTERVAL", env), env_style=True),
             runner_timeout_seconds=parse_keep_alive(raw("CORRAL_RUNNER_TIMEOUT", env), env_style=True),
             runtime_dir=raw("CORRAL_RUNTIME_DIR", env),
+            lease_idle_timeout_seconds=parse_keep_alive(raw("CORRAL_LEASE_IDLE_TIMEOUT", env), env_style=True),
+            drain_timeout_seconds=parse_keep_alive(raw("CORRAL_DRAIN_TIMEOUT", env), env_style=True),
             redirect_hosts=_list(raw("CORRAL_REDIRECT_HOSTS", env)),
         )

@@ -33,6 +33,7 @@ _CODES: dict[int, grpc.StatusCode] = {
     common_pb2.ERROR_REASON_PROMPT_TOO_LONG: grpc.StatusCode.INVALID_ARGUMENT,
     common_pb2.ERROR_REASON_INVALID_PATH: grpc.StatusCode.INVALID_ARGUMENT,
     common_pb2.ERROR_REASON_UNSUPPORTED: grpc.StatusCode.FAILED_PRECONDITION,
+    common_pb2.ERROR_REASON_NO_SPACE: grpc.StatusCode.INTERNAL,
 }
 
 _PREFIX = "ERROR_REASON_"

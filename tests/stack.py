@@ -66,7 +66,7 @@ def start_stack(tmp: Path, **extra_env: str) -> Stack:
     env.pop("OLLAMA_MODELS", None)
     env.update(extra_env)  # may override the defaults above (e.g. CORRAL_MODELS)
     with log_path.open("wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "corral", "serve"], env=env, stdout=log, stderr=log)
+        proc = subprocess.Popen([sys.executable, "-m", "corral_app", "serve"], env=env, stdout=log, stderr=log)
     stack = Stack(f"http://127.0.0.1:{port}", proc, runtime, models, log_path)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

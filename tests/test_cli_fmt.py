@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from corral.cli.fmt import human_bytes, human_time, parse_time, table
+from corral_app.cli.fmt import human_bytes, human_time, parse_time, table
 
 
 def test_human_bytes_like_ollama() -> None:

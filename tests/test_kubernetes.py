@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 import yaml
 
-from corral.cli import SERVICES
 from corral.config import VARS
+from corral_app.cli import SERVICES
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
 

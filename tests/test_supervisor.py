@@ -3,7 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from corral.config import Settings
-from corral.supervisor import plan, runner_devices
+from corral_app.supervisor import plan, runner_devices
 
 
 def test_children_talk_over_sockets_in_the_runtime_dir(tmp_path: Path) -> None:

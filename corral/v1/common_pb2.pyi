@@ -38,6 +38,7 @@ class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ERROR_REASON_PROMPT_TOO_LONG: _ClassVar[ErrorReason]
     ERROR_REASON_INVALID_PATH: _ClassVar[ErrorReason]
     ERROR_REASON_UNSUPPORTED: _ClassVar[ErrorReason]
+    ERROR_REASON_NO_SPACE: _ClassVar[ErrorReason]
 DEVICE_KIND_UNSPECIFIED: DeviceKind
 DEVICE_KIND_CPU: DeviceKind
 DEVICE_KIND_CUDA: DeviceKind
@@ -61,6 +62,7 @@ ERROR_REASON_INSTANCE_NOT_FOUND: ErrorReason
 ERROR_REASON_PROMPT_TOO_LONG: ErrorReason
 ERROR_REASON_INVALID_PATH: ErrorReason
 ERROR_REASON_UNSUPPORTED: ErrorReason
+ERROR_REASON_NO_SPACE: ErrorReason
 
 class Device(_message.Message):
     __slots__ = ("id", "kind", "index", "name", "total_memory_bytes", "free_memory_bytes", "host")

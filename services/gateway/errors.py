@@ -18,6 +18,7 @@ _HTTP_BY_REASON: dict[int, int] = {
     common_pb2.ERROR_REASON_NO_RUNNER: 503,
     common_pb2.ERROR_REASON_LOAD_FAILED: 500,
     common_pb2.ERROR_REASON_RUNNER_FAILED: 500,
+    common_pb2.ERROR_REASON_NO_SPACE: 500,  # Ollama: 500 "write <path>: no space left on device"
     common_pb2.ERROR_REASON_DIGEST_MISMATCH: 400,
 }
 _HTTP_BY_CODE: dict[grpc.StatusCode, int] = {

@@ -2,8 +2,9 @@
 TEMPLATE layer), else the GGUF Jinja chat template, else a plain fallback.
 
 Templates are untrusted input (they arrive inside model files): Go templates run in
-our bounded interpreter (templates/), Jinja in the immutable sandbox with a line-level
-deadline, an output cap, and unsafe attribute access turned into an error.
+our bounded interpreter (templates/), Jinja in the immutable sandbox bounded per step
+(sandbox.py) with a line-level deadline, an output cap, and unsafe attribute access turned
+into an error.
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ from types import FrameType
 from typing import Any
 
 import jinja2
-from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from corral.v1 import registry_pb2
 from services.gateway.errors import HTTPError
+from services.gateway.sandbox import BoundedSandbox
 from services.gateway.templates import TemplateError
 from services.gateway.templates import ollama as gotmpl
 from services.gateway.thinking import DEFAULT_TAGS
@@ -51,18 +53,12 @@ def template_error(exc: Exception) -> HTTPError:
 # --- Jinja ------------------------------------------------------------------
 
 
-class _Sandbox(ImmutableSandboxedEnvironment):
-    def unsafe_undefined(self, obj: Any, attribute: Any) -> Any:
-        # The stock sandbox returns an undefined value; refuse loudly instead.
-        raise SecurityError(f"access to attribute {attribute!r} of {type(obj).__name__!r} object is unsafe")
-
-
 def _raise(message: str) -> None:
     raise jinja2.TemplateError(message)
 
 
 def _env() -> ImmutableSandboxedEnvironment:
-    env = _Sandbox(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+    env = BoundedSandbox(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
     env.globals["raise_exception"] = _raise
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
     return env
@@ -104,7 +100,9 @@ def render_jinja(template: str, context: dict[str, Any]) -> str:
             if size > MAX_RENDERED_CHARS:
                 raise HTTPError(400, "template error: rendered prompt is too large", "template_error")
             out.append(piece)
-    except (jinja2.TemplateError, OverflowError, MemoryError, RecursionError) as exc:
+    except HTTPError:
+        raise
+    except Exception as exc:  # whatever the model's template code raises (1/0, int("x"), ...)
         raise template_error(exc) from exc
     finally:
         sys.settrace(previous)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from corral.errors import CorralError
+from corral.modelfile import parse_spec
 from corral.v1 import common_pb2
 from services.registry.convert import is_safetensors_model
 from services.registry.convert.jobs import convert_job, quantize_job, stage
@@ -39,7 +40,6 @@ from services.registry.manifest import (
     human_number,
     new_config,
 )
-from services.registry.modelfile import parse_spec
 from services.registry.names import parse_name
 
 if TYPE_CHECKING:

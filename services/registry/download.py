@@ -33,7 +33,7 @@ from services.registry.digests import blob_filename, from_hex
 from services.registry.index import Index, PartState
 from services.registry.redirects import RedirectHosts
 from services.registry.remote import Refused, Remote, Throttled, raise_for_status, refused, remote_error
-from services.registry.store import Store, _fsync_dir
+from services.registry.store import Store, _fsync_dir, is_no_space
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +111,7 @@ class BlobDownload:
         pool = ThreadPoolExecutor(self.settings.parallel + 2, thread_name_prefix="blob-io")
         saver = asyncio.create_task(self._save_periodically())
         hasher = asyncio.create_task(self._hash_frontier(pool, fd))
+        failure: BaseException | None = None
         try:
             sem = asyncio.Semaphore(self.settings.parallel)
             async with asyncio.TaskGroup() as tg:
@@ -123,7 +124,11 @@ class BlobDownload:
             self._written.set()
             await hasher  # hashing mostly kept pace with the download: little is left
         except BaseExceptionGroup as group:
-            raise group.exceptions[0] from None
+            failure = group.exceptions[0]
+            raise failure from None
+        except BaseException as exc:
+            failure = exc
+            raise
         finally:
             for helper in (saver, hasher):
                 helper.cancel()
@@ -131,7 +136,13 @@ class BlobDownload:
                     await helper  # retrieved: a failed save must not surface later as an unretrieved error
             # Finished even when cancelled again meanwhile, so Registry.close() can wait for them.
             await _to_the_end(asyncio.to_thread(_close_after, pool, fd))
-            await _to_the_end(self.index.put_parts(self.digest, self.parts))
+            if is_no_space(failure):
+                # A full disk: give the space back rather than keep the parts for a resume.
+                await _to_the_end(asyncio.to_thread(self.partial.unlink, True))
+                with contextlib.suppress(Exception):
+                    await _to_the_end(self.index.clear_parts(self.digest))
+            else:
+                await _to_the_end(self.index.put_parts(self.digest, self.parts))
         got = from_hex(self._hash.hexdigest())
         if got != self.digest:
             await asyncio.to_thread(self.partial.unlink, True)

@@ -18,8 +18,11 @@ from services.registry.core import Registry
 from services.registry.create import CreateRequest, Progress
 from services.registry.digests import INVALID_DIGEST_MESSAGE
 from services.registry.model import StoredModel, geometry
+from services.registry.store import disk_full_as_error
 
 log = logging.getLogger(__name__)
+
+DRAIN_UPLOAD_S = 30.0  # the most a failed upload's remaining bytes are read (and dropped)
 
 
 def model_to_proto(m: StoredModel) -> registry_pb2.Model:
@@ -73,12 +76,13 @@ async def _write_all(context: grpc.aio.ServicerContext, messages: AsyncGenerator
     Here the RPC ends as grpc ends a cancelled one, quietly; `messages` is closed first.
     """
     async with contextlib.aclosing(messages):
-        async for message in messages:
-            try:
-                await context.write(message)
-            except grpc.aio.InternalError as exc:  # the call has ended under the write
-                log.debug("streaming reply ended: the client has gone (%s)", exc)
-                raise asyncio.CancelledError from None
+        with disk_full_as_error():
+            async for message in messages:
+                try:
+                    await context.write(message)
+                except grpc.aio.InternalError as exc:  # the call has ended under the write
+                    log.debug("streaming reply ended: the client has gone (%s)", exc)
+                    raise asyncio.CancelledError from None
 
 
 class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
@@ -145,7 +149,18 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             async for message in request_iterator:
                 yield message.chunk
 
-        result = await self.registry.write_blob(first.digest, chunks())
+        try:
+            with disk_full_as_error():
+                result = await self.registry.write_blob(first.digest, chunks())
+        except CorralError:
+            # Read the rest of the upload before answering: a client-streaming call that ends
+            # while its client still writes can reach the client as "Internal error from Core"
+            # instead of this status.
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(DRAIN_UPLOAD_S):
+                    async for _ in request_iterator:
+                        pass
+            raise
         return registry_pb2.UploadBlobResponse(created=result.created, size_bytes=result.size)
 
     async def ReadBlob(
@@ -189,13 +204,15 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     async def CopyModel(
         self, request: registry_pb2.CopyModelRequest, context: grpc.aio.ServicerContext
     ) -> registry_pb2.CopyModelResponse:
-        await self.registry.copy(request.source, request.destination)
+        with disk_full_as_error():
+            await self.registry.copy(request.source, request.destination)
         return registry_pb2.CopyModelResponse()
 
     async def DeleteModel(
         self, request: registry_pb2.DeleteModelRequest, context: grpc.aio.ServicerContext
     ) -> registry_pb2.DeleteModelResponse:
-        return registry_pb2.DeleteModelResponse(removed_blobs=await self.registry.delete(request.name))
+        with disk_full_as_error():
+            return registry_pb2.DeleteModelResponse(removed_blobs=await self.registry.delete(request.name))
 
     async def PullModel(
         self, request: registry_pb2.PullModelRequest, context: grpc.aio.ServicerContext

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from corral.modelfile import format_modelfile, format_parameters
 from services.registry.gguf_meta import TensorInfo
 from services.registry.manifest import MEDIA_ADAPTER, MEDIA_MODEL, MEDIA_PROJECTOR
 from services.registry.model import StoredModel
-from services.registry.modelfile import format_modelfile, format_parameters
 
 SHOW_ARRAY_LIMIT = 5  # Ollama replaces longer arrays by [] unless verbose
 _HIDDEN_KEYS = ("general.name", "tokenizer.chat_template")

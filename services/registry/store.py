@@ -12,10 +12,13 @@ ever see complete files.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
+import sqlite3
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,6 +61,26 @@ def atomic_write(path: Path, data: bytes) -> None:
         tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def is_no_space(exc: BaseException | None) -> bool:
+    """A full filesystem (or quota), seen by a file write or by SQLite (SQLITE_FULL)."""
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return isinstance(exc, sqlite3.OperationalError) and "disk is full" in str(exc)
+
+
+@contextlib.contextmanager
+def disk_full_as_error() -> Iterator[None]:
+    """Report a full disk as NO_SPACE with Ollama's message ("write <path>: no space left on
+    device"); the writers have already removed their temp files."""
+    try:
+        yield
+    except (OSError, sqlite3.OperationalError) as exc:
+        if not is_no_space(exc):
+            raise
+        where = f"write {exc.filename}: " if isinstance(exc, OSError) and exc.filename else ""
+        raise CorralError(common_pb2.ERROR_REASON_NO_SPACE, f"{where}no space left on device") from exc
 
 
 def digest_mismatch(expected: str, got: str) -> CorralError:

@@ -22,6 +22,7 @@ from corral.errors import CorralError
 from corral.logs import fields
 from corral.v1 import common_pb2, scheduler_pb2
 from services.scheduler import loading, memory, metrics, placement
+from services.scheduler.clock import Clock, SystemClock, Timer
 from services.scheduler.inventory import Device, Instance, Inventory, LoadKey, Runner, State
 from services.scheduler.runners import RunnerClient
 
@@ -45,7 +46,7 @@ class SchedulerConfig:
     flash_attention: bool | None = None
     release_settle: float = 5.0  # seconds a device's free memory may lag an unload
     load_poll: float = 1.0  # seconds between load-progress checks
-    lease_idle_timeout: float = 120.0  # leases on an instance with no work for this long are reclaimed
+    lease_idle_timeout: float = 15.0  # leases on an instance with no work for this long are reclaimed
 
 
 @dataclass(frozen=True)
@@ -74,15 +75,16 @@ class _Unload:
 
 
 class Scheduler:
-    def __init__(self, config: SchedulerConfig, client: RunnerClient) -> None:
+    def __init__(self, config: SchedulerConfig, client: RunnerClient, clock: Clock | None = None) -> None:
         self.config = config
         self.client = client
+        self.clock: Clock = clock or SystemClock()
         self.inv = Inventory()
         self._cond = asyncio.Condition()
         self._pending = 0
         self._loading: set[str] = set()  # runners with a load in flight (one at a time each)
         self._leases: dict[str, str] = {}  # lease id -> instance id
-        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._timers: dict[str, Timer] = {}
         self._monitor: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
 
@@ -92,7 +94,7 @@ class Scheduler:
         async with self._cond:
             for old in [r for r in self.inv.runners.values() if r.address == address or r.id == runner_id]:
                 self._forget_runner(old.id, "replaced by a new registration")
-            self.inv.runners[runner_id] = Runner(runner_id, address, devices)
+            self.inv.runners[runner_id] = Runner(runner_id, address, devices, last_seen=self.clock.monotonic())
             log.info(
                 "runner registered",
                 extra=fields(runner=runner_id, address=address, devices=",".join(d.id for d in devices)),
@@ -104,7 +106,7 @@ class Scheduler:
             runner = self.inv.runners.get(runner_id)
             if runner is None:
                 return False
-            runner.on_report(devices, time.monotonic(), settle=self.config.release_settle)
+            runner.on_report(devices, self.clock.monotonic(), settle=self.config.release_settle)
             strays = [i for i in instance_ids if i not in self.inv.instances]
         for instance_id in strays:
             self._spawn(self._unload_stray(runner, instance_id))
@@ -136,7 +138,7 @@ class Scheduler:
         while True:
             await asyncio.sleep(self.config.heartbeat_interval)
             async with self._cond:
-                now = time.monotonic()
+                now = self.clock.monotonic()
                 for r in list(self.inv.runners.values()):
                     if now - r.last_seen > self.config.runner_timeout:
                         self._forget_runner(r.id, "missed heartbeats")
@@ -155,7 +157,7 @@ class Scheduler:
             status = await self.client.status(runner.address) if runner else None
             for st in status.instances if status else []:
                 busy[st.instance_id] = st.active_sequences + st.queued_requests
-        now = time.monotonic()
+        now = self.clock.monotonic()
         async with self._cond:
             for inst in held:
                 if busy.get(inst.id, 1) > 0:  # working, or no answer: leave it alone
@@ -282,6 +284,7 @@ class Scheduler:
             main_gpu=decision.main_gpu,
             tensor_split=decision.tensor_split,
             keep_alive=self.config.keep_alive if keep_alive is None else keep_alive,
+            last_used=self.clock.monotonic(),
         )
         self.inv.instances[inst.id] = inst
         self._loading.add(runner.id)
@@ -302,7 +305,7 @@ class Scheduler:
     def _grant(self, inst: Instance, keep_alive: float | None, load_ns: int) -> Lease:
         inst.leases += 1
         inst.idle_since = 0.0
-        inst.last_used = time.monotonic()
+        inst.last_used = self.clock.monotonic()
         if keep_alive is not None:
             inst.keep_alive = keep_alive
         timer = self._timers.pop(inst.id, None)
@@ -365,7 +368,7 @@ class Scheduler:
             runner = self.inv.runners.get(inst.runner_id)
             if runner is not None:
                 await self.client.unload(runner.address, inst.id)
-                runner.on_release({d.id: inst.device_bytes(d.id) for d in runner.devices}, time.monotonic())
+                runner.on_release({d.id: inst.device_bytes(d.id) for d in runner.devices}, self.clock.monotonic())
             log.info("unloaded model", extra=fields(model=inst.spec.name, instance=inst.id))
         async with self._cond:
             for inst in instances:
@@ -379,7 +382,7 @@ class Scheduler:
             if inst is None:
                 return
             inst.leases -= 1
-            inst.last_used = time.monotonic()
+            inst.last_used = self.clock.monotonic()
             runner = self.inv.runners.get(inst.runner_id)
         if runner_failed and runner is not None and not await self.client.alive(runner.address):
             async with self._cond:
@@ -398,9 +401,8 @@ class Scheduler:
             return
         if math.isinf(inst.keep_alive):
             return
-        inst.expires_at = time.time() + inst.keep_alive
-        loop = asyncio.get_running_loop()
-        self._timers[inst.id] = loop.call_later(inst.keep_alive, self._expire, inst.id)
+        inst.expires_at = self.clock.time() + inst.keep_alive
+        self._timers[inst.id] = self.clock.call_later(inst.keep_alive, self._expire, inst.id)
 
     def _expire(self, instance_id: str) -> None:
         self._timers.pop(instance_id, None)

@@ -24,6 +24,7 @@ def config_from(settings: Settings) -> SchedulerConfig:
         heartbeat_interval=settings.heartbeat_interval_seconds,
         kv_cache_type=settings.kv_cache_type,
         flash_attention=settings.flash_attention,
+        lease_idle_timeout=settings.lease_idle_timeout_seconds,
     )
 
 

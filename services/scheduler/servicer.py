@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 
 import grpc
 from google.protobuf import timestamp_pb2
@@ -87,7 +86,9 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
             m.details.CopyFrom(inst.spec.details)
             expires = inst.expires_at
             if math.isinf(expires):  # busy or forever: show when it would expire if idle now
-                expires = time.time() + inst.keep_alive if not math.isinf(inst.keep_alive) else FOREVER_SECONDS
+                expires = (
+                    self.core.clock.time() + inst.keep_alive if not math.isinf(inst.keep_alive) else FOREVER_SECONDS
+                )
             m.expires_at.CopyFrom(timestamp_pb2.Timestamp(seconds=int(expires), nanos=int((expires % 1) * 1e9)))
         return out
 

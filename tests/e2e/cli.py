@@ -21,7 +21,7 @@ def corral(
     env = dict(os.environ, CORRAL_HOST=stack.url if stack else f"127.0.0.1:{free_port()}")
     env.pop("OLLAMA_HOST", None)
     return subprocess.run(
-        [sys.executable, "-m", "corral", *args],
+        [sys.executable, "-m", "corral_app", *args],
         env=env,
         input=stdin,
         capture_output=True,

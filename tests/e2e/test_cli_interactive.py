@@ -12,7 +12,7 @@ from tests.stack import Stack
 
 def test_interactive_chat_through_a_terminal(stack: Stack, terse: str) -> None:
     env = dict(os.environ, CORRAL_HOST=stack.url, TERM="dumb")
-    child = pexpect.spawn(sys.executable, ["-m", "corral", "run", terse], env=env, encoding="utf-8", timeout=120)
+    child = pexpect.spawn(sys.executable, ["-m", "corral_app", "run", terse], env=env, encoding="utf-8", timeout=120)
     try:
         child.expect_exact(">>> ")
         child.sendline("Hello there.")

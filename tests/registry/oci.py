@@ -132,13 +132,16 @@ def start_oci_registry(tmp: Path, token: TokenServer | None = None) -> OciRegist
 
 
 class Proxy:
-    """TCP proxy 127.0.0.1:<port> -> target, in its own thread; counts bytes sent downstream."""
+    """TCP proxy 127.0.0.1:<port> -> target, in its own thread; counts (and may throttle) the bytes
+    each way."""
 
-    def __init__(self, target: str, rate: float = 0.0) -> None:
+    def __init__(self, target: str, rate: float = 0.0, rate_up: float = 0.0) -> None:
         self.target_host, port = target.rsplit(":", 1)
         self.target_port = int(port)
         self.rate = rate  # bytes per second downstream; 0 = unlimited
+        self.rate_up = rate_up  # bytes per second upstream (a push); 0 = unlimited
         self.bytes_down = 0
+        self.bytes_up = 0
         self.port = free_port()
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
@@ -171,6 +174,10 @@ class Proxy:
                         self.bytes_down += len(data)
                         if self.rate:
                             await asyncio.sleep(len(data) / self.rate)
+                    else:
+                        self.bytes_up += len(data)
+                        if self.rate_up:
+                            await asyncio.sleep(len(data) / self.rate_up)
                     dst.write(data)
                     await dst.drain()
             except OSError:

@@ -8,10 +8,10 @@ import time
 import pytest
 
 from corral.errors import CorralError
+from corral.modelfile import format_parameters, parse_spec
 from corral.v1 import common_pb2
 from services.registry.core import Registry
 from services.registry.create import CreateRequest
-from services.registry.modelfile import format_parameters, parse_spec
 from tests.ggufs import TinyGGUF
 from tests.registry.helpers import create, upload
 

@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from corral.cli.fmt import human_bytes
+from corral_app.cli.fmt import human_bytes
 
 
 @dataclass

@@ -9,8 +9,8 @@ import sys
 from collections.abc import Callable
 
 from corral import __version__, logs
-from corral.cli.client import Client, CLIError
 from corral.config import Settings
+from corral_app.cli.client import Client, CLIError
 
 SERVICES = ("gateway", "scheduler", "runner", "registry")
 
@@ -53,7 +53,7 @@ def _healthcheck(address: str, service: str) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from corral.cli import manage, run
+    from corral_app.cli import manage, run
 
     p = argparse.ArgumentParser(prog="corral", description="Large language model runner (Ollama-compatible)")
     p.add_argument("-v", "--version", action="store_true", help="show the client and server versions")
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Error: {exc}", file=sys.stderr)
         return 1
     if args.command in ("serve", "start"):
-        from corral import supervisor
+        from corral_app import supervisor
 
         logs.setup("supervisor")
         return supervisor.serve(settings)

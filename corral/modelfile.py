@@ -209,7 +209,9 @@ def parse_spec(text: str) -> ModelfileSpec:
 
 
 def quote(s: str) -> str:
-    if "\n" in s or s.startswith(" ") or s.endswith(" "):
+    # Ollama quotes only around newlines and spaces; a value starting with a quote or
+    # with other outer whitespace (a tab, U+00A0) would then not parse back as itself.
+    if "\n" in s or s != s.strip() or s.startswith(('"', "'")):
         return f'"""{s}"""' if '"' in s else f'"{s}"'
     return s
 

@@ -8,8 +8,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from corral.cli.client import Client, CLIError
-from corral.cli.progress import show as show_progress
+from corral_app.cli.client import Client, CLIError
+from corral_app.cli.progress import show as show_progress
 
 HELP = """Available Commands:
   /set parameter <name> <value>   Set a parameter (temperature, num_ctx, seed, ...)

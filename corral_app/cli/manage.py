@@ -9,9 +9,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from corral.cli.client import Client, CLIError
-from corral.cli.fmt import human_bytes, human_time, table
-from corral.cli.progress import show as show_progress
+from corral_app.cli.client import Client, CLIError
+from corral_app.cli.fmt import human_bytes, human_time, table
+from corral_app.cli.progress import show as show_progress
 
 
 def _json(obj: Any) -> None:
@@ -144,7 +144,7 @@ def _local_file(value: str, base: Path) -> Path | None:
 
 
 def cmd_create(client: Client, args: argparse.Namespace) -> int:
-    from services.registry.modelfile import parse_spec
+    from corral.modelfile import parse_spec
 
     path = Path(args.file)
     try:

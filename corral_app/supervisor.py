@@ -54,7 +54,7 @@ class Child:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "corral", self.service],
+            [sys.executable, "-m", "corral_app", self.service],
             env=self.env,
             preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
         )
@@ -106,8 +106,9 @@ def runner_devices(gpu_count: int | None = None) -> str:
 
 
 class Supervisor:
-    def __init__(self, children: list[Child]) -> None:
+    def __init__(self, children: list[Child], drain: float = 0.0) -> None:
         self.children = children
+        self.drain = drain  # CORRAL_DRAIN_TIMEOUT: how long the gateway may take to drain
         self.stopping = False
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
@@ -145,12 +146,18 @@ class Supervisor:
 
     def _stop_all(self) -> None:
         log.info("stopping")
-        # Gateway first so no new work arrives, then the rest.
-        for child in reversed(self.children):
+        # The gateway first, alone: it drains (no new requests; running streams finish within
+        # CORRAL_DRAIN_TIMEOUT) while the services those streams need still run. Then the rest.
+        gateways = [c for c in self.children if c.service == "gateway"]
+        self._stop(gateways, self.drain + STOP_GRACE)
+        self._stop([c for c in self.children if c not in gateways], STOP_GRACE)
+
+    def _stop(self, children: list[Child], grace: float) -> None:
+        for child in children:
             if child.proc and child.proc.poll() is None:
                 child.proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + STOP_GRACE
-        for child in self.children:
+        deadline = time.monotonic() + grace
+        for child in children:
             if child.proc is None:
                 continue
             try:
@@ -174,7 +181,7 @@ def serve(settings: Settings) -> int:
         ),
     )
     try:
-        return Supervisor(children).run()
+        return Supervisor(children, drain=settings.drain_timeout_seconds).run()
     finally:
         if owned:
             shutil.rmtree(runtime_dir, ignore_errors=True)

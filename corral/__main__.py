@@ -1,3 +1,0 @@
-from corral.cli import main
-
-raise SystemExit(main())

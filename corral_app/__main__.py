@@ -1,0 +1,3 @@
+from corral_app.cli import main
+
+raise SystemExit(main())
