@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 from gguf import PoolingType
 
+from tests.e2e.cli import corral
 from tests.fixtures.bert_reference import rerank_scores
+from tests.fixtures.tiny_bert_hf import hf_score, pair_ids, write_tiny_cross_encoder
 from tests.runner.bert_gguf import write_tiny_bert
 from tests.stack import Stack, create_model
 
@@ -82,3 +84,19 @@ def test_errors(stack: Stack, models: dict[str, Path]) -> None:
     # A reranker produces no embeddings.
     r = post(stack, "/api/embed", {"model": "tiny-rerank", "input": "hello"})
     assert r.status_code == 400 and "/api/rerank" in r.json()["error"]
+
+
+def test_imported_cross_encoder_reranks(stack: Stack, tmp_path: Path) -> None:
+    """`corral create` from a Hugging Face BertForSequenceClassification directory, then /v1/rerank."""
+    src = write_tiny_cross_encoder(tmp_path / "hf")
+    (tmp_path / "Modelfile").write_text(f"FROM {src}\n")
+    r = corral(stack, "create", "tiny-ce", "-f", str(tmp_path / "Modelfile"))
+    assert r.returncode == 0, r.stderr
+    assert post(stack, "/api/show", {"model": "tiny-ce"}).json()["capabilities"] == ["rank"]
+    docs = ["the sky is blue .", "a cat , a dog", "the sea is green"]
+    results = post(stack, "/v1/rerank", {"model": "tiny-ce", "query": "is the sky blue", "documents": docs}).json()
+    pairs = [pair_ids("is the sky blue", d) for d in docs]
+    want = [hf_score(src, ids, [0] * len(ids)) for ids, _ in pairs]  # llama.cpp: token type 0 throughout
+    assert [x["index"] for x in results["results"]] == list(np.argsort(want)[::-1])
+    for x in results["results"]:
+        assert x["relevance_score"] == pytest.approx(want[x["index"]], abs=1e-2)  # F16 weights
