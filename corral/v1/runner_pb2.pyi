@@ -163,6 +163,28 @@ class EmbedResponse(_message.Message):
     prompt_eval_count: int
     def __init__(self, embeddings: _Optional[_Iterable[_Union[Embedding, _Mapping]]] = ..., prompt_eval_count: _Optional[int] = ...) -> None: ...
 
+class RerankRequest(_message.Message):
+    __slots__ = ("instance_id", "query", "documents", "truncate", "request_id")
+    INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
+    QUERY_FIELD_NUMBER: _ClassVar[int]
+    DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATE_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    instance_id: str
+    query: str
+    documents: _containers.RepeatedScalarFieldContainer[str]
+    truncate: bool
+    request_id: str
+    def __init__(self, instance_id: _Optional[str] = ..., query: _Optional[str] = ..., documents: _Optional[_Iterable[str]] = ..., truncate: _Optional[bool] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class RerankResponse(_message.Message):
+    __slots__ = ("scores", "prompt_eval_count")
+    SCORES_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_EVAL_COUNT_FIELD_NUMBER: _ClassVar[int]
+    scores: _containers.RepeatedScalarFieldContainer[float]
+    prompt_eval_count: int
+    def __init__(self, scores: _Optional[_Iterable[float]] = ..., prompt_eval_count: _Optional[int] = ...) -> None: ...
+
 class TokenizeRequest(_message.Message):
     __slots__ = ("instance_id", "text", "add_special", "parse_special")
     INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]

@@ -57,6 +57,11 @@ class RunnerServiceStub:
                 request_serializer=corral_dot_v1_dot_runner__pb2.EmbedRequest.SerializeToString,
                 response_deserializer=corral_dot_v1_dot_runner__pb2.EmbedResponse.FromString,
                 _registered_method=True)
+        self.Rerank = channel.unary_unary(
+                '/corral.v1.RunnerService/Rerank',
+                request_serializer=corral_dot_v1_dot_runner__pb2.RerankRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_runner__pb2.RerankResponse.FromString,
+                _registered_method=True)
         self.Tokenize = channel.unary_unary(
                 '/corral.v1.RunnerService/Tokenize',
                 request_serializer=corral_dot_v1_dot_runner__pb2.TokenizeRequest.SerializeToString,
@@ -110,6 +115,13 @@ class RunnerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Rerank(self, request, context):
+        """Scores documents against a query with a cross-encoder (rank pooling).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Tokenize(self, request, context):
         """Converts text to token ids with the instance's vocabulary.
         """
@@ -153,6 +165,11 @@ def add_RunnerServiceServicer_to_server(servicer, server):
                     servicer.Embed,
                     request_deserializer=corral_dot_v1_dot_runner__pb2.EmbedRequest.FromString,
                     response_serializer=corral_dot_v1_dot_runner__pb2.EmbedResponse.SerializeToString,
+            ),
+            'Rerank': grpc.unary_unary_rpc_method_handler(
+                    servicer.Rerank,
+                    request_deserializer=corral_dot_v1_dot_runner__pb2.RerankRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_runner__pb2.RerankResponse.SerializeToString,
             ),
             'Tokenize': grpc.unary_unary_rpc_method_handler(
                     servicer.Tokenize,
@@ -281,6 +298,33 @@ class RunnerService:
             '/corral.v1.RunnerService/Embed',
             corral_dot_v1_dot_runner__pb2.EmbedRequest.SerializeToString,
             corral_dot_v1_dot_runner__pb2.EmbedResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Rerank(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.RunnerService/Rerank',
+            corral_dot_v1_dot_runner__pb2.RerankRequest.SerializeToString,
+            corral_dot_v1_dot_runner__pb2.RerankResponse.FromString,
             options,
             channel_credentials,
             insecure,

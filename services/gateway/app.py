@@ -21,6 +21,7 @@ from services.gateway.openai import chat as openai_chat
 from services.gateway.openai import completions as openai_completions
 from services.gateway.openai import embeddings as openai_embeddings
 from services.gateway.openai import models as openai_models
+from services.gateway.rerank import router as rerank_router
 
 
 def create_app(backends: Backends) -> FastAPI:
@@ -42,6 +43,7 @@ def create_app(backends: Backends) -> FastAPI:
         app.include_router(module.router)
     for module in (openai_chat, openai_completions, openai_embeddings, openai_models, anthropic_messages):
         app.include_router(module.router)
+    app.include_router(rerank_router)
 
     def error_response(request: Request, err: HTTPError) -> Response:
         # /v1 surfaces answer in OpenAI's or Anthropic's error shape

@@ -243,3 +243,29 @@ async def embed(
         finally:
             await release(backends, lease, runner_failed=failed)
     raise AssertionError("unreachable")
+
+
+async def rerank(
+    backends: Backends,
+    model: registry_pb2.Model,
+    request: runner_pb2.RerankRequest,
+    load: common_pb2.LoadOptions,
+    keep_alive: float | None,
+) -> tuple[runner_pb2.RerankResponse, int]:
+    """One Rerank call under a lease (retried once if the runner died), as `embed`."""
+    request.request_id = request.request_id or uuid.uuid4().hex
+    for attempt in (1, 2):
+        lease = await acquire(backends, model, load, keep_alive, request.request_id)
+        request.instance_id = lease.instance_id
+        failed = False
+        try:
+            resp = await backends.runner(lease.runner_address).Rerank(request)
+            return resp, lease.load_duration_ns
+        except grpc.RpcError as rpc_err:
+            err, failed = _runner_error(rpc_err)
+            if failed and attempt == 1:
+                continue
+            raise errors.from_corral(err, model.name) from rpc_err
+        finally:
+            await release(backends, lease, runner_failed=failed)
+    raise AssertionError("unreachable")

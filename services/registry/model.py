@@ -132,6 +132,15 @@ def geometry(info: GGUFInfo) -> Geometry:
     )
 
 
+POOLING_RANK = 4  # LLAMA_POOLING_TYPE_RANK
+
+
+def is_reranker(gguf: GGUFInfo) -> bool:
+    """A cross-encoder: llama.cpp pools it with the classifier head into relevance scores
+    (`/api/rerank`); it produces no embeddings and generates no text."""
+    return gguf.kv.get(f"{gguf.architecture}.pooling_type") == POOLING_RANK
+
+
 def capabilities(gguf: GGUFInfo | None, template: str, has_projector: bool) -> tuple[str, ...]:
     """A first cut of Ollama's Model.Capabilities (server/images.go).
 
@@ -141,7 +150,10 @@ def capabilities(gguf: GGUFInfo | None, template: str, has_projector: bool) -> t
     caps: list[str] = []
     if gguf is not None:
         arch = gguf.architecture
-        caps.append("embedding" if gguf.has_pooling_type else "completion")
+        if is_reranker(gguf):
+            caps.append("rank")
+        else:
+            caps.append("embedding" if gguf.has_pooling_type else "completion")
         if f"{arch}.vision.block_count" in gguf.kv:
             caps.append("vision")
         if f"{arch}.audio.block_count" in gguf.kv:

@@ -15,6 +15,7 @@ from services.runner.embed import EmbedInput, embed
 from services.runner.engine import GenerationStream, Instance, LoadInfo
 from services.runner.jobs import GenerateSpec
 from services.runner.native import LoadSpec, NativeModel
+from services.runner.rerank import rerank
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +146,11 @@ class Runner:
         self, instance_id: str, inputs: list[EmbedInput], truncate: bool, normalize: bool
     ) -> tuple[list[list[float]], int]:
         return await self._get(instance_id).call(lambda nm: embed(nm, inputs, truncate, normalize))
+
+    async def rerank(
+        self, instance_id: str, query: str, documents: list[str], truncate: bool
+    ) -> tuple[list[float], int]:
+        return await self._get(instance_id).call(lambda nm: rerank(nm, query, documents, truncate))
 
     async def tokenize(self, instance_id: str, text: str, add_special: bool, parse_special: bool) -> list[int]:
         return await self._get(instance_id).call(lambda nm: nm.tokenize(text, add_special, parse_special))

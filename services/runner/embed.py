@@ -41,6 +41,10 @@ class Embedder:
         self._own: lc.llama_context_p | None = None
         if nm.is_embedding:
             self.ctx, self.n_batch, self.n_seq = nm.ctx, nm.n_batch, nm.n_seq_max
+            # Rank pooling returns the classifier's n_cls_out scores per sequence, not a vector.
+            self.is_rank = lc.llama_pooling_type(self.ctx) == lc.LLAMA_POOLING_TYPE_RANK
+            if self.is_rank:
+                self.n_embd = max(1, lc.llama_model_n_cls_out(nm.model))
         else:
             self.n_batch = min(nm.num_ctx, GENERATIVE_EMBED_BATCH)
             self.n_seq = EMBED_MAX_SEQS
@@ -51,6 +55,7 @@ class Embedder:
                 raise _err(common_pb2.ERROR_REASON_RUNNER_FAILED, "llama.cpp could not create the embedding context")
             self._own = self.ctx = ctx
             nm.apply_adapters(ctx)
+            self.is_rank = False
         self.mem = lc.llama_get_memory(self.ctx)
         self.batch = lc.llama_batch_init(self.n_batch, 0, 1)
         self.encoder_only = bool(lc.llama_model_has_encoder(nm.model)) and not lc.llama_model_has_decoder(nm.model)
@@ -87,7 +92,22 @@ class Embedder:
 
     def run(self, inputs: list[EmbedInput], truncate: bool, normalize: bool) -> tuple[list[list[float]], int]:
         """Vectors in input order and the number of tokens evaluated."""
+        if self.is_rank:
+            raise _err(
+                common_pb2.ERROR_REASON_INVALID_ARGUMENT,
+                "this model is a reranker (rank pooling) and does not produce embeddings; use /api/rerank",
+            )
         all_toks = [self.tokens(item, truncate) for item in inputs]
+        vectors = self.pooled(all_toks)
+        if normalize:
+            vectors = [v / (float(np.linalg.norm(v)) or 1.0) for v in vectors]
+        for v in vectors:
+            if not np.isfinite(v).all():
+                raise _err(common_pb2.ERROR_REASON_RUNNER_FAILED, "embedding contains NaN or Inf values")
+        return [v.tolist() for v in vectors], sum(len(t) for t in all_toks)
+
+    def pooled(self, all_toks: list[list[int]]) -> list[np.ndarray]:
+        """The pooled output of each token sequence (each at most `limit` tokens), batched."""
         vectors: list[np.ndarray] = []
         i = 0
         while i < len(all_toks):
@@ -98,12 +118,7 @@ class Embedder:
                 used += len(all_toks[i])
                 i += 1
             vectors.extend(self._forward(group))
-        if normalize:
-            vectors = [v / (float(np.linalg.norm(v)) or 1.0) for v in vectors]
-        for v in vectors:
-            if not np.isfinite(v).all():
-                raise _err(common_pb2.ERROR_REASON_RUNNER_FAILED, "embedding contains NaN or Inf values")
-        return [v.tolist() for v in vectors], sum(len(t) for t in all_toks)
+        return vectors
 
     def _forward(self, group: list[list[int]]) -> list[np.ndarray]:
         b = self.batch
@@ -135,12 +150,16 @@ class Embedder:
         return out
 
 
-def embed(nm: NativeModel, inputs: list[EmbedInput], truncate: bool, normalize: bool) -> tuple[list[list[float]], int]:
-    """Runs on the owner thread (Instance.call); creates the Embedder on first use."""
-    if not inputs:
-        return [], 0
+def embedder(nm: NativeModel) -> Embedder:
+    """The instance's Embedder, created on first use (on the owner thread)."""
     if nm.embedder is None:
         nm.embedder = Embedder(nm)
-    embedder = nm.embedder
-    assert isinstance(embedder, Embedder)
-    return embedder.run(inputs, truncate, normalize)
+    assert isinstance(nm.embedder, Embedder)
+    return nm.embedder
+
+
+def embed(nm: NativeModel, inputs: list[EmbedInput], truncate: bool, normalize: bool) -> tuple[list[list[float]], int]:
+    """Runs on the owner thread (Instance.call)."""
+    if not inputs:
+        return [], 0
+    return embedder(nm).run(inputs, truncate, normalize)

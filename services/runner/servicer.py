@@ -192,6 +192,14 @@ class RunnerServicer(runner_pb2_grpc.RunnerServiceServicer):
             embeddings=[runner_pb2.Embedding(values=v) for v in vectors], prompt_eval_count=count
         )
 
+    async def Rerank(
+        self, request: runner_pb2.RerankRequest, context: grpc.aio.ServicerContext
+    ) -> runner_pb2.RerankResponse:
+        scores, count = await self.runner.rerank(
+            request.instance_id, request.query, list(request.documents), request.truncate
+        )
+        return runner_pb2.RerankResponse(scores=scores, prompt_eval_count=count)
+
     async def Tokenize(
         self, request: runner_pb2.TokenizeRequest, context: grpc.aio.ServicerContext
     ) -> runner_pb2.TokenizeResponse:

@@ -27,7 +27,11 @@ def write_tiny_bert(
     n_ff: int = 64,
     context_length: int = 128,
     seed: int = 0,
+    classifier: bool = False,
+    extra_kv: dict[str, str] | None = None,
 ) -> Path:
+    """`classifier=True` adds a cross-encoder's head (`cls`, `cls.output`, one label) as
+    convert_hf_to_gguf writes BertForSequenceClassification; use it with PoolingType.RANK."""
     rng = np.random.default_rng(seed)
     tokens = SPECIAL + ["▁" + w for w in WORDS] + PIECES
     types = [TokenType.CONTROL] * len(SPECIAL) + [TokenType.NORMAL] * (len(WORDS) + len(PIECES))
@@ -51,6 +55,10 @@ def write_tiny_bert(
             f"blk.{i}.ffn_down.weight": (n_embd, n_ff),
             f"blk.{i}.ffn_down.bias": (n_embd,),
         }
+
+    if classifier:
+        shapes |= {"cls.weight": (n_embd, n_embd), "cls.bias": (n_embd,), "cls.output.weight": (1, n_embd)}
+        shapes |= {"cls.output.bias": (1,)}
 
     w = GGUFWriter(path, "bert")
     w.add_name("tiny-bert")
@@ -76,9 +84,16 @@ def write_tiny_bert(
     w.add_mask_token_id(4)
     w.add_add_bos_token(True)
     w.add_add_eos_token(True)
+    if classifier:
+        # What gguf's SpecialVocab writes for BERT's "[CLS] $A [SEP] $B [SEP]" pair template.
+        w.add_add_sep_token(False)
+    for key, value in (extra_kv or {}).items():
+        w.add_string(key, value)
     for name, shape in shapes.items():
         if name.endswith("norm.weight"):
             data = np.ones(shape, dtype=np.float32)
+        elif name.startswith("cls.") and name.endswith(".bias"):
+            data = (rng.standard_normal(shape) * 0.5).astype(np.float32)
         elif name.endswith(".bias"):
             data = np.zeros(shape, dtype=np.float32)
         else:

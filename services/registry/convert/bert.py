@@ -3,6 +3,13 @@
 Follows convert_hf_to_gguf's BertModel: the pooler and MLM heads are dropped,
 position and token-type embeddings stay F32, and the sentence-transformers
 pooling (1_Pooling/config.json) becomes `bert.pooling_type`.
+
+A BertForSequenceClassification (a cross-encoder reranker such as ms-marco-MiniLM)
+keeps its whole head as llama.cpp's rank pooling computes it: the pooler's dense
+layer becomes `cls` (tanh(W·h[CLS] + b)) and the classifier `cls.output`, with
+`bert.pooling_type` = RANK and one `classifier.output_labels` entry per output.
+convert_hf_to_gguf drops the pooler here, which scores with a different head
+than Hugging Face's model.
 """
 
 from __future__ import annotations
@@ -13,7 +20,8 @@ from services.registry.convert.base import ModelDir, OutTensor, Plan, invalid, l
 from services.registry.convert.tokenizers import add_wordpiece
 
 ARCHITECTURES = ("BertModel", "BertForMaskedLM", "BertForSequenceClassification")
-_SKIP = ("embeddings.position_ids", "pooler.", "cls.")
+_SKIP = ("embeddings.position_ids", "pooler.", "cls.", "classifier.")
+_HEAD = {"pooler.dense": "cls", "classifier": "cls.output"}  # sequence classification → rank pooling
 _KEEP_F32 = ("position_embd.", "token_types.")
 
 
@@ -33,12 +41,34 @@ def pooling_type(md: ModelDir) -> PoolingType:
     return PoolingType.CLS
 
 
+def _head_name(name: str) -> str | None:
+    stem, _, kind = name.rpartition(".")
+    return f"{_HEAD[stem]}.{kind}" if stem in _HEAD and kind in ("weight", "bias") else None
+
+
+def labels(md: ModelDir, n_out: int) -> list[str]:
+    """The classifier's label names in output order (id2label), one per output row."""
+    id2label = md.config.get("id2label")
+    if isinstance(id2label, dict) and len(id2label) == n_out:
+        try:
+            return [str(v) for _k, v in sorted(id2label.items(), key=lambda kv: int(kv[0]))]
+        except ValueError:
+            pass
+    return [f"LABEL_{i}" for i in range(n_out)]
+
+
 def plan(md: ModelDir, outtype: str) -> Plan:
     n_layer = int(md.hparam("num_hidden_layers"))
     names = get_tensor_name_map(MODEL_ARCH.BERT, n_layer)
+    archs = md.config.get("architectures") or []
+    ranker = isinstance(archs, list) and "BertForSequenceClassification" in archs
     tensors: list[OutTensor] = []
     for src, ref in md.tensors.items():
         name = src.removeprefix("bert.")
+        head = _head_name(name) if ranker else None
+        if head is not None:
+            tensors.append(OutTensor(head, ref.shape, lazy(ref), out_qtype(head, len(ref.shape), outtype)))
+            continue
         if name.startswith(_SKIP):
             continue
         name = name.replace(".gamma", ".weight").replace(".beta", ".bias")  # old LayerNorm spelling
@@ -51,7 +81,13 @@ def plan(md: ModelDir, outtype: str) -> Plan:
     )
     if vocab_rows is None:
         raise invalid("word embeddings are missing")
-    pooling = pooling_type(md)
+    out_rows = 0
+    if ranker:
+        got = {t.name for t in tensors}
+        if not {"cls.weight", "cls.output.weight"} <= got:
+            raise invalid("a BertForSequenceClassification needs bert.pooler.dense and classifier weights")
+        out_rows = next(t.shape[0] for t in tensors if t.name == "cls.output.weight")
+    pooling = PoolingType.RANK if ranker else pooling_type(md)
 
     def write_kv(w: GGUFWriter) -> None:
         w.add_name(str(md.config.get("_name_or_path") or "bert").rsplit("/", 1)[-1])
@@ -63,6 +99,8 @@ def plan(md: ModelDir, outtype: str) -> Plan:
         w.add_layer_norm_eps(float(md.hparam("layer_norm_eps", default=1e-12)))
         w.add_causal_attention(False)
         w.add_pooling_type(pooling)
+        if out_rows:
+            w.add_classifier_output_labels(labels(md, out_rows))
         w.add_token_type_count(int(md.hparam("type_vocab_size", default=2)))
         add_wordpiece(w, md, vocab_rows.shape[0])
 
