@@ -3,6 +3,7 @@ request its metrics, its trace span and its request id (`X-Request-Id`, the clie
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 import uuid
@@ -14,7 +15,7 @@ from fastapi.responses import Response
 from opentelemetry import propagate, trace
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram, generate_latest
 
-from corral.logs import REQUEST_ID
+from corral.logs import REQUEST_ID, fields
 from corral.telemetry import tracer
 
 Scope = MutableMapping[str, Any]
@@ -49,6 +50,7 @@ GENERATED_TOKENS = Counter("corral_gateway_generated_tokens", "Tokens generated 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 router = APIRouter()
+access = logging.getLogger("corral.gateway.access")
 
 
 @router.get("/metrics")
@@ -136,7 +138,13 @@ class Observe:
             if status >= 500:
                 span.set_status(trace.Status(trace.StatusCode.ERROR))
             span.end()
+            elapsed = time.perf_counter() - started
             REQUESTS.labels(route, method, str(status)).inc()
-            REQUEST_SECONDS.labels(route).observe(time.perf_counter() - started)
+            REQUEST_SECONDS.labels(route).observe(elapsed)
             IN_FLIGHT.dec()
+            # One line per request, like Ollama's [GIN] lines, under the request's id.
+            access.info(
+                "request",
+                extra=fields(method=method, path=scope.get("path", ""), status=status, ms=round(elapsed * 1e3, 1)),
+            )
             REQUEST_ID.reset(token)

@@ -130,7 +130,8 @@ def oci_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OciRegist
 
 
 def test_request_id_reaches_every_service_and_the_client(observed: Observed) -> None:
-    """The first request loads the model: scheduler and runner log about it under its id."""
+    """The first request loads the model: scheduler and runner log about it under its id, and
+    the gateway writes its access line."""
     request_id = "obs-" + secrets.token_hex(6)
     r = httpx.post(
         observed.stack.url + "/api/generate",
@@ -142,7 +143,11 @@ def test_request_id_reaches_every_service_and_the_client(observed: Observed) -> 
     assert r.headers["x-request-id"] == request_id
     lines = [json.loads(line) for line in observed.stack.log_path.read_text().splitlines() if line.startswith("{")]
     tagged = {line["service"] for line in lines if line.get("request_id") == request_id}
-    assert {"scheduler", "runner"} <= tagged, tagged
+    assert {"gateway", "scheduler", "runner"} <= tagged, tagged
+    access = [line for line in lines if line.get("request_id") == request_id and line["msg"] == "request"]
+    assert [(a["service"], a["method"], a["path"], a["status"]) for a in access] == [
+        ("gateway", "POST", "/api/generate", 200)
+    ]
     # An id the gateway made up comes back too; a hostile one is replaced.
     assert len(httpx.get(observed.stack.url + "/api/version").headers["x-request-id"]) == 32
     bad = httpx.get(observed.stack.url + "/api/version", headers={"X-Request-Id": "a b\tc"})
