@@ -10,6 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from services.gateway import ui
 from services.gateway.anthropic import messages as anthropic_messages
 from services.gateway.backends import Backends
 from services.gateway.errors import HTTPError, surface_body
@@ -32,6 +33,8 @@ def create_app(backends: Backends) -> FastAPI:
         app.include_router(module.router)
     for module in (openai_chat, openai_completions, openai_embeddings, openai_models, anthropic_messages):
         app.include_router(module.router)
+    app.include_router(ui.router)
+    app.mount(ui.PREFIX, ui.static_files(), name="ui")
 
     def error_response(request: Request, err: HTTPError) -> Response:
         # /v1 surfaces answer in OpenAI's or Anthropic's error shape
