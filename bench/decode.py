@@ -2,6 +2,7 @@
 """Decode speed through Corral's REST streaming vs direct llama-cpp-python, same model, same run.
 
     .venv/bin/python bench/decode.py [--model PATH] [--tokens 128] [--rounds 3] [--threads N]
+                                     [--observe] [--baseline DIR]
 
 Starts `corral serve` on a free port with a temporary models directory, creates the model
 from the GGUF, then alternates rounds: direct `Llama` greedy decode, and a streamed
@@ -9,16 +10,26 @@ from the GGUF, then alternates rounds: direct `Llama` greedy decode, and a strea
 is measured from the first to the last token on both sides (prompt evaluation excluded), and
 the ratio REST/direct is printed (target ≥ 0.97). Threads, context, batch size, flash attention
 (off) and the sliding-window cache mode are pinned to the same values on both sides.
+
+`--observe` runs the stack as an operator watching it would: every service's metrics port on
+and scraped every second, and every span exported over OTLP/HTTP to a collector in this
+process. `--baseline DIR` also starts a second stack from another checkout (e.g. a git
+worktree of an older commit) and interleaves its rounds, so "with and without" a change are
+measured in the same run: `git worktree add /tmp/base <rev>` then `--baseline /tmp/base`.
 Not a test: nothing is asserted.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -27,25 +38,51 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.assets import gemma_path
-from tests.stack import create_model, start_stack, stop_stack
+from tests.stack import Stack, create_model, free_port, start_stack, stop_stack
 
 PROMPT = "Write a long story about a lighthouse keeper who finds a message in a bottle."
 NUM_CTX = 1024
 
 
+@contextlib.contextmanager
+def runner_model_params() -> Iterator[None]:
+    """Loads with the model parameters the runner uses where they differ from llama-cpp-python's
+    defaults: no extra buffer types on AMX CPUs (services/runner/native.py cpu_has_amx)."""
+    import llama_cpp.llama_cpp as lc
+
+    from services.runner.native import cpu_has_amx
+
+    default = lc.llama_model_default_params
+    if not cpu_has_amx():
+        yield
+        return
+
+    def params() -> lc.llama_model_params:
+        p = default()
+        p.use_extra_bufts = False
+        return p
+
+    lc.llama_model_default_params = params
+    try:
+        yield
+    finally:
+        lc.llama_model_default_params = default
+
+
 def direct(model: Path, tokens: int, threads: int, rounds: int) -> list[float]:
     from llama_cpp import Llama
 
-    llm = Llama(
-        str(model),
-        n_ctx=NUM_CTX,
-        n_threads=threads,
-        n_threads_batch=threads,
-        n_batch=512,
-        flash_attn=False,  # pinned: the stack runs with CORRAL_FLASH_ATTENTION=0
-        swa_full=False,  # as the runner (and llama-server) configure it
-        verbose=False,
-    )
+    with runner_model_params():
+        llm = Llama(
+            str(model),
+            n_ctx=NUM_CTX,
+            n_threads=threads,
+            n_threads_batch=threads,
+            n_batch=512,
+            flash_attn=False,  # pinned: the stack runs with CORRAL_FLASH_ATTENTION=0
+            swa_full=False,  # as the runner (and llama-server) configure it
+            verbose=False,
+        )
     speeds = []
     for _ in range(rounds):
         llm.reset()
@@ -84,35 +121,101 @@ def rest(url: str, model: str, tokens: int, threads: int, rounds: int) -> tuple[
     return wall, reported
 
 
+class _Sink(BaseHTTPRequestHandler):
+    """An OTLP/HTTP endpoint that accepts and drops every export."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def observed_env() -> Iterator[tuple[dict[str, str], list[str]]]:
+    """Environment that turns metrics and tracing on, and the metrics URLs to scrape."""
+    sink = ThreadingHTTPServer(("127.0.0.1", 0), _Sink)
+    threading.Thread(target=sink.serve_forever, daemon=True).start()
+    ports = {s: free_port() for s in ("registry", "scheduler", "runner")}
+    env = {f"CORRAL_{s.upper()}_METRICS": f"127.0.0.1:{p}" for s, p in ports.items()}
+    env["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"] = f"http://127.0.0.1:{sink.server_address[1]}/v1/traces"
+    try:
+        yield env, [f"http://127.0.0.1:{p}/metrics" for p in ports.values()]
+    finally:
+        sink.shutdown()
+
+
+@contextlib.contextmanager
+def scraping(urls: list[str], every: float = 1.0) -> Iterator[None]:
+    stop = threading.Event()
+
+    def run() -> None:
+        with httpx.Client(timeout=10) as client:
+            while not stop.wait(every):
+                for url in urls:
+                    with contextlib.suppress(httpx.HTTPError):
+                        client.get(url)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=None, help="GGUF file (default: the Gemma 3 270M test model)")
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=psutil.cpu_count(logical=False) or 1)
+    parser.add_argument("--observe", action="store_true", help="metrics scraped every second and traces exported")
+    parser.add_argument("--baseline", type=Path, default=None, help="another Corral checkout to interleave with")
     args = parser.parse_args()
     model = args.model or gemma_path()
 
-    with tempfile.TemporaryDirectory() as tmp:
-        stack = start_stack(Path(tmp), CORRAL_FLASH_ATTENTION="0")
-        try:
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as cleanup:
+        env, urls = cleanup.enter_context(observed_env()) if args.observe else ({}, [])
+        stacks: dict[str, Stack] = {}
+        stacks["corral"] = start_stack(Path(tmp) / "corral", CORRAL_FLASH_ATTENTION="0", **env)
+        cleanup.callback(stop_stack, stacks["corral"])
+        if args.baseline:
+            src = str(args.baseline.resolve())
+            stacks["baseline"] = start_stack(Path(tmp) / "baseline", CORRAL_FLASH_ATTENTION="0", PYTHONPATH=src)
+            cleanup.callback(stop_stack, stacks["baseline"])
+        if args.observe:
+            cleanup.enter_context(scraping([*urls, stacks["corral"].url + "/metrics"]))
+        for stack in stacks.values():
             create_model(stack.url, "bench", model)
-            rest_wall, rest_reported, direct_speeds = [], [], []
-            for _ in range(args.rounds):
-                direct_speeds += direct(model, args.tokens, args.threads, 1)
-                w, r = rest(stack.url, "bench", args.tokens, args.threads, 1)
-                rest_wall += w
-                rest_reported += r
-        finally:
-            stop_stack(stack)
+        wall: dict[str, list[float]] = {name: [] for name in stacks}
+        reported: dict[str, list[float]] = {name: [] for name in stacks}
+        direct_speeds: list[float] = []
+        for _ in range(args.rounds):
+            direct_speeds += direct(model, args.tokens, args.threads, 1)
+            for name, stack in stacks.items():
+                round_wall, round_reported = rest(stack.url, "bench", args.tokens, args.threads, 1)
+                wall[name] += round_wall
+                reported[name] += round_reported
 
-    d, w, r = (statistics.median(x) for x in (direct_speeds, rest_wall, rest_reported))
+    d = statistics.median(direct_speeds)
     print(f"model            {model.name}")
     print(f"threads          {args.threads}   tokens {args.tokens}   rounds {args.rounds}   num_ctx {NUM_CTX}")
     print(f"direct           {d:8.2f} tok/s   (llama-cpp-python create_completion, streamed)")
-    print(f"REST streaming   {w:8.2f} tok/s   (client-side, first to last NDJSON token line)")
-    print(f"REST reported    {r:8.2f} tok/s   (eval_count / eval_duration of the final chunk)")
-    print(f"ratio REST/direct {w / d:7.3f}   (target >= 0.97)")
+    for name in stacks:
+        label = name + (" (observed)" if args.observe and name == "corral" else "")
+        w, r = statistics.median(wall[name]), statistics.median(reported[name])
+        print(f"{label}")
+        print(f"  REST streaming {w:8.2f} tok/s   (client-side, first to last NDJSON token line)")
+        print(f"  REST reported  {r:8.2f} tok/s   (eval_count / eval_duration of the final chunk)")
+        print(f"  ratio REST/direct {w / d:6.3f}   (target >= 0.97)")
+    if args.baseline:
+        ratio = statistics.median(wall["corral"]) / statistics.median(wall["baseline"])
+        print(f"corral / baseline {ratio:6.3f}")
     return 0
 
 

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from corral import logs
 from corral.durations import parse_keep_alive
 
 
@@ -46,7 +47,19 @@ VARS: tuple[Var, ...] = (
         "CORRAL_FLASH_ATTENTION", "", "Force flash attention on (1) or off (0); empty = auto.", "OLLAMA_FLASH_ATTENTION"
     ),
     Var("CORRAL_KV_CACHE_TYPE", "f16", "KV cache type: f16, q8_0 or q4_0.", "OLLAMA_KV_CACHE_TYPE"),
-    Var("CORRAL_DEBUG", "", "1 = debug logging.", "OLLAMA_DEBUG"),
+    Var("CORRAL_DEBUG", "", "Log level: 1 = debug, 2 = trace (as OLLAMA_DEBUG); empty = info.", "OLLAMA_DEBUG"),
+    Var("CORRAL_LOG_FORMAT", "", "Log lines: json, text, or empty = text on a terminal and JSON otherwise."),
+    Var(
+        "CORRAL_LOG_FILE",
+        "",
+        "Also log (JSON lines) to this file, one per service: `corral.log` becomes `corral-gateway.log`;"
+        " a `{service}` in the path is replaced instead; empty = stderr only.",
+    ),
+    Var("CORRAL_LOG_MAX_BYTES", "104857600", "Rotate a log file when it reaches this size; 0 = never rotate."),
+    Var("CORRAL_LOG_BACKUPS", "3", "Rotated log files kept (`corral-gateway.log.1` …)."),
+    Var("CORRAL_REGISTRY_METRICS", "", "`host:port` where the registry serves Prometheus metrics; empty = off."),
+    Var("CORRAL_SCHEDULER_METRICS", "", "`host:port` where the scheduler serves Prometheus metrics; empty = off."),
+    Var("CORRAL_RUNNER_METRICS", "", "`host:port` where a runner serves Prometheus metrics; empty = off."),
     Var("CORRAL_REGISTRY_ADDR", "127.0.0.1:50061", "gRPC address of the registry (listen and connect)."),
     Var("CORRAL_SCHEDULER_ADDR", "127.0.0.1:50062", "gRPC address of the scheduler (listen and connect)."),
     Var("CORRAL_GATEWAY_HEALTH_ADDR", "127.0.0.1:50060", "gRPC health endpoint of the gateway."),
@@ -167,7 +180,7 @@ class Settings:
     num_thread: int
     flash_attention: bool | None
     kv_cache_type: str
-    debug: bool
+    debug: int  # logging level, corral.logs.level
     registry_addr: str
     gateway_health_addr: str
     scheduler_addr: str
@@ -199,7 +212,7 @@ class Settings:
             num_thread=_int("CORRAL_NUM_THREAD", env),
             flash_attention=_bool_or_none(raw("CORRAL_FLASH_ATTENTION", env)),
             kv_cache_type=raw("CORRAL_KV_CACHE_TYPE", env),
-            debug=bool(_bool_or_none(raw("CORRAL_DEBUG", env))),
+            debug=logs.level(raw("CORRAL_DEBUG", env)),
             registry_addr=raw("CORRAL_REGISTRY_ADDR", env),
             gateway_health_addr=raw("CORRAL_GATEWAY_HEALTH_ADDR", env),
             scheduler_addr=raw("CORRAL_SCHEDULER_ADDR", env),

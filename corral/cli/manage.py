@@ -55,11 +55,12 @@ def cmd_ps(client: Client, args: argparse.Namespace) -> int:
             human_bytes(m["size"]),
             _processor(m),
             str(m.get("context_length", "")),
+            f"{m.get('active_sequences', 0)}/{m.get('num_parallel', 0)}",
             _until(m["expires_at"]),
         ]
         for m in models
     ]
-    print(table(["NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "UNTIL"], rows))
+    print(table(["NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "ACTIVE", "UNTIL"], rows))
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -15,6 +16,8 @@ from services.gateway.anthropic import messages as anthropic_messages
 from services.gateway.backends import Backends
 from services.gateway.errors import HTTPError, surface_body
 from services.gateway.native import chat, embed, generate, manage, meta, models, running
+from services.gateway.observability import Observe
+from services.gateway.observability import router as metrics_router
 from services.gateway.openai import chat as openai_chat
 from services.gateway.openai import completions as openai_completions
 from services.gateway.openai import embeddings as openai_embeddings
@@ -27,8 +30,15 @@ def create_app(backends: Backends) -> FastAPI:
         yield
         await backends.close()
 
-    app = FastAPI(title="Corral", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    # FastAPI's own OpenTelemetry spans and metrics are off: observability.Observe makes the one
+    # request span (named by route, like the other services' spans) and the Prometheus metrics.
+    telemetry: Any = {"tracing": False, "metrics": False, "logs": False, "operation_spans": False}
+    app = FastAPI(
+        title="Corral", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan, telemetry=telemetry
+    )
     app.state.backends = backends
+    app.add_middleware(Observe)
+    app.include_router(metrics_router)
     for module in (meta, generate, models, manage, running, chat, embed):
         app.include_router(module.router)
     for module in (openai_chat, openai_completions, openai_embeddings, openai_models, anthropic_messages):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from corral.grpc_server import channel
 from corral.v1 import registry_pb2_grpc, runner_pb2_grpc, scheduler_pb2_grpc
@@ -28,6 +29,15 @@ class Backends:
     @property
     def scheduler(self) -> scheduler_pb2_grpc.SchedulerServiceStub:
         return scheduler_pb2_grpc.SchedulerServiceStub(self._channel(self.scheduler_addr))
+
+    async def serving(self, address: str, timeout: float = 2.0) -> bool:
+        """Whether the service at `address` answers grpc.health.v1 with SERVING."""
+        stub = health_pb2_grpc.HealthStub(self._channel(address))
+        try:
+            resp = await stub.Check(health_pb2.HealthCheckRequest(), timeout=timeout)
+        except grpc.RpcError:
+            return False
+        return bool(resp.status == health_pb2.HealthCheckResponse.SERVING)
 
     def runner(self, address: str) -> runner_pb2_grpc.RunnerServiceStub:
         return runner_pb2_grpc.RunnerServiceStub(self._channel(address))

@@ -13,9 +13,11 @@ from dataclasses import dataclass, field
 import grpc
 
 from corral.errors import CorralError, from_rpc_error
+from corral.logs import REQUEST_ID
 from corral.v1 import common_pb2, registry_pb2, runner_pb2, runner_pb2_grpc, scheduler_pb2
 from services.gateway import errors
 from services.gateway.backends import Backends
+from services.gateway.observability import GenerationTimer
 
 log = logging.getLogger(__name__)
 
@@ -182,8 +184,9 @@ async def generate(
     """Stream a generation. `prepare` finishes the request on the leased instance. A runner
     that dies before the first token is retried once on whatever runner the scheduler picks
     next; closing the iterator cancels the runner call."""
-    request_id = request.request_id or uuid.uuid4().hex
+    request_id = request.request_id or REQUEST_ID.get() or uuid.uuid4().hex
     request.request_id = request_id
+    timer = GenerationTimer(model.name)
     for attempt in (1, 2):
         lease = await acquire(backends, model, load, keep_alive, request_id)
         instance = Instance(backends.runner(lease.runner_address), lease.instance_id, lease.context_length)
@@ -196,6 +199,11 @@ async def generate(
             async with contextlib.aclosing(_stream(instance, request, context)) as chunks:
                 async for chunk in chunks:
                     chunk.load_duration_ns = 0 if started else lease.load_duration_ns
+                    resp = chunk.response
+                    timer.chunk(bool(resp.text or resp.token_ids))
+                    if resp.done:
+                        s = resp.stats
+                        timer.done(s.prompt_eval_count, s.prompt_cached_count, s.eval_count)
                     yield chunk
                     started = True
             return
@@ -218,7 +226,7 @@ async def embed(
 ) -> tuple[runner_pb2.EmbedResponse, int]:
     """One Embed call under a lease (retried once if the runner died); returns the
     response and the lease's load time."""
-    request_id = request.request_id or uuid.uuid4().hex
+    request_id = request.request_id or REQUEST_ID.get() or uuid.uuid4().hex
     request.request_id = request_id
     for attempt in (1, 2):
         lease = await acquire(backends, model, load, keep_alive, request_id)

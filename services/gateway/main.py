@@ -7,6 +7,7 @@ import logging
 
 import uvicorn
 
+from corral import telemetry
 from corral.config import Settings, raw
 from corral.grpc_server import GrpcService
 from services.gateway.app import create_app
@@ -17,6 +18,7 @@ log = logging.getLogger(__name__)
 
 
 async def serve(settings: Settings) -> None:
+    telemetry.setup_tracing("gateway")
     app = create_app(Backends(settings.registry_addr, settings.scheduler_addr))
     guarded = Security(app, origins=raw("CORRAL_ORIGINS"), api_key=raw("CORRAL_API_KEY"), bound_host=settings.host)
     config = uvicorn.Config(

@@ -20,7 +20,7 @@ from typing import Any
 
 from corral.errors import CorralError
 from corral.v1 import common_pb2
-from services.registry import manage, transfer
+from services.registry import manage, metrics, transfer
 from services.registry.create import CreateRequest, Progress, create_model
 from services.registry.digests import from_hex, parse_digest
 from services.registry.download import Downloads, TransferSettings
@@ -325,10 +325,10 @@ class Registry:
         return await manage.delete_model(self, name)
 
     def pull(self, name: str, insecure: bool = False) -> AsyncIterator[Progress]:
-        return transfer.pull_model(self, name, insecure)
+        return metrics.outcome(transfer.pull_model(self, name, insecure), metrics.PULLS)
 
     def push(self, name: str, insecure: bool = False) -> AsyncIterator[Progress]:
-        return transfer.push_model(self, name, insecure)
+        return metrics.outcome(transfer.push_model(self, name, insecure), metrics.PUSHES)
 
     async def verify(self, digests: list[str]) -> manage.VerifyReport:
         return await manage.verify_blobs(self, digests)

@@ -28,6 +28,7 @@ import httpx
 
 from corral.errors import CorralError
 from corral.v1 import common_pb2
+from services.registry import metrics
 from services.registry.digests import blob_filename, from_hex
 from services.registry.index import Index, PartState
 from services.registry.redirects import RedirectHosts
@@ -135,6 +136,7 @@ class BlobDownload:
         if got != self.digest:
             await asyncio.to_thread(self.partial.unlink, True)
             await self.index.clear_parts(self.digest)
+            metrics.VERIFY_FAILURES.labels("pull").inc()
             raise digest_mismatch(self.digest, got)
         await asyncio.to_thread(os.replace, self.partial, self.path)
         await asyncio.to_thread(_fsync_dir, self.path.parent)
@@ -261,6 +263,7 @@ class BlobDownload:
     async def _write(self, pool: ThreadPoolExecutor, fd: int, part: PartState, chunks: list[bytes], size: int) -> None:
         await self._io(pool, _pwrite_all, fd, chunks, part.offset + part.completed)
         part.completed += size  # only after the bytes are in the file
+        metrics.PULL_BYTES.inc(size)
         self._written.set()
         self._unsynced += size
         if self._unsynced >= _SYNC_EVERY and (self._syncing is None or self._syncing.done()):

@@ -65,7 +65,7 @@ async def serve(settings: Settings) -> None:
 
 def main() -> None:
     settings = Settings.from_env()
-    logs.setup("registry", settings.debug)
+    logs.setup("registry")
     asyncio.run(serve(settings))
 
 

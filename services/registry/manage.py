@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from corral.errors import CorralError
 from corral.v1 import common_pb2
+from services.registry import metrics
 from services.registry.digests import digest_from_filename, from_hex, parse_digest
 from services.registry.download import PARTIAL_SUFFIX
 from services.registry.manifest import Manifest
@@ -161,6 +162,7 @@ async def verify_blobs(registry: Registry, digests: list[str], max_age: float | 
             await registry.index.put_verified(digest, st.st_size, st.st_mtime_ns, time.time())
             continue
         log.error("blob %s is corrupt; moved aside", digest)
+        metrics.VERIFY_FAILURES.labels("stored").inc()
         corrupt.append(digest)
         with contextlib.suppress(OSError):
             os.replace(path, path.with_name(CORRUPT_PREFIX + path.name))

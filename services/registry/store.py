@@ -21,6 +21,7 @@ from pathlib import Path
 
 from corral.errors import CorralError
 from corral.v1 import common_pb2
+from services.registry import metrics
 from services.registry.digests import blob_filename, from_hex, parse_digest
 from services.registry.names import ModelName, decode_host_dir, encode_host_dir, name_from_dirs
 
@@ -89,6 +90,7 @@ class BlobWriter:
             self._file.close()
             got = from_hex(self._hash.hexdigest())
             if got != self.digest:
+                metrics.VERIFY_FAILURES.labels("upload").inc()
                 raise digest_mismatch(self.digest, got)
             os.replace(self._tmp, self.path)
         except BaseException:

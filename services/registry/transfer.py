@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import httpx
 
+from services.registry import metrics
 from services.registry.create import Progress
 from services.registry.manifest import Layer, Manifest, ManifestError
 from services.registry.names import ModelName
@@ -101,6 +102,7 @@ async def _file_chunks(path: Path, start: int, end: int, sent: list[int]) -> Asy
                 raise remote_error(f"{path} shrank while it was being pushed")
             pos += len(chunk)
             sent[0] += len(chunk)
+            metrics.PUSH_BYTES.inc(len(chunk))
             yield chunk
 
 

@@ -11,7 +11,7 @@ from services.runner.main import serve
 
 def main() -> None:
     settings = Settings.from_env()
-    logs.setup("runner", settings.debug)
+    logs.setup("runner")
     asyncio.run(serve(settings))
 
 

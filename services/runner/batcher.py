@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from corral.errors import CorralError
 from corral.v1 import common_pb2
-from services.runner import context
+from services.runner import context, metrics
 from services.runner.context import PROMPT_TOO_LONG
 from services.runner.grammar import Candidates, TokenSampler, exact_subset_k, init_grammar, schema_to_gbnf
 from services.runner.jobs import GenerateSpec, GenEvent, GenStats, Job
@@ -90,6 +90,10 @@ class Batcher:
     @property
     def active(self) -> int:
         return sum(1 for s in self.slots if s.seq is not None)
+
+    @property
+    def kv_cells_used(self) -> int:
+        return sum(len(s.cached) for s in self.slots)
 
     def has_work(self) -> bool:
         return bool(self.waiting) or self.active > 0
@@ -224,6 +228,7 @@ class Batcher:
     def _decode(self, rows: list[tuple[Slot, int, int]], n: int) -> None:
         """Decodes the batch, halving the view on "no KV slot" (rc 1) as llama-server does."""
         t0 = time.perf_counter()
+        metrics.BATCH_TOKENS.observe(n)
         self._decode_views(rows, n)
         if n >= MIN_CHUNK:  # seconds per batch token, fixed costs included (errs towards smaller chunks)
             cost = (time.perf_counter() - t0) / n
@@ -312,6 +317,7 @@ class Batcher:
             prompt_cached_count=seq.cached,
         )
         seq.job.emit(GenEvent(text, seq.out_ids, True, reason, stats, seq.out_logprobs))
+        metrics.sequence_done(stats)
         self._release(slot, clear_kv=False)
 
     def _release(self, slot: Slot, clear_kv: bool) -> None:

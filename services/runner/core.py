@@ -130,6 +130,14 @@ class Runner:
             for i in [*self._instances.values(), *self._loading.values()]
         ]
 
+    def gauges(self) -> list[tuple[str, int, int, int, int]]:
+        """Per loaded instance: id, active sequences, queued requests, KV cells used and in all."""
+        return [
+            (i.id, i.active_sequences, i.queued_requests, i.kv_cells_used, i.info.context_length * i.info.num_parallel)
+            for i in self._instances.values()
+            if i.info is not None
+        ]
+
     def generate(self, instance_id: str, spec: GenerateSpec) -> GenerationStream:
         return self._get(instance_id).generate(spec)
 

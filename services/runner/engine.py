@@ -104,6 +104,7 @@ class Instance:
         self._stopping = False
         self.active_sequences = 0
         self.queued_requests = 0
+        self.kv_cells_used = 0
         self._commands: queue.SimpleQueue[_Command] = queue.SimpleQueue()
         self._closed = False
         self._close_lock = threading.Lock()
@@ -190,7 +191,7 @@ class Instance:
             batcher.abort_all(CorralError(common_pb2.ERROR_REASON_RUNNER_FAILED, f"instance {self.id} was unloaded"))
             self._close()
             nm.free()
-            self.active_sequences = self.queued_requests = 0
+            self.active_sequences = self.queued_requests = self.kv_cells_used = 0
             _resolve(self._stopped)
 
     def _serve(self, nm: NativeModel, batcher: Batcher) -> None:
@@ -222,6 +223,7 @@ class Instance:
     def _publish(self, batcher: Batcher) -> None:
         self.active_sequences = batcher.active
         self.queued_requests = len(batcher.waiting)
+        self.kv_cells_used = batcher.kv_cells_used
 
     def _poll(self) -> _Command | None:
         try:

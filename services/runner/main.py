@@ -11,6 +11,7 @@ import socket
 from corral.config import Settings
 from corral.grpc_server import GrpcService, run_until_signal
 from corral.logs import fields
+from services.runner import metrics
 from services.runner.blobs import BlobCache, RegistryBlobReader
 from services.runner.core import Runner
 from services.runner.devices import DeviceInfo, DeviceProbe, cuda_env, device_tag, probe_for
@@ -53,6 +54,7 @@ async def serve(settings: Settings, probe: DeviceProbe | None = None) -> None:
     runner_id = settings.runner_id or f"{socket.gethostname()}-{device_tag(devices)}-{os.getpid()}"
     reader = RegistryBlobReader(settings.registry_addr)
     runner = Runner(runner_id, probe, BlobCache(settings.runner_cache, reader))
+    metrics.INSTANCES.instances = runner.gauges
     service = GrpcService("runner", settings.runner_addr, register(RunnerServicer(runner, load_defaults(settings))))
     link = SchedulerLink(
         runner,

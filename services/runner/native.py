@@ -8,6 +8,7 @@ that same thread.
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import threading
 from collections.abc import Callable, Sequence
@@ -42,6 +43,19 @@ def _backend_init() -> None:
             llamalog.install()
             lc.llama_backend_init()
             _backend_ready = True
+
+
+@functools.cache
+def cpu_has_amx() -> bool:
+    """Whether this llama.cpp build uses Intel AMX here. Its AMX weight buffers (an "extra
+    buffer type") crash batched decodes of llama.cpp 0.3.36 with SIGSEGV and double the
+    weights' memory, so the runner loads without extra buffer types on such CPUs (Sapphire
+    Rapids and later), as llama-server's --no-repack does."""
+    lib = Path(lc.__file__).parent / "lib" / "libggml-cpu.so"
+    try:
+        return bool(ctypes.CDLL(str(lib)).ggml_cpu_has_amx_int8())
+    except (OSError, AttributeError):
+        return False
 
 
 class Freeable(Protocol):
@@ -169,6 +183,8 @@ class NativeModel:
         spec = self.spec
         mp = lc.llama_model_default_params()
         mp.n_gpu_layers = 0x7FFFFFFF if spec.num_gpu < 0 else spec.num_gpu
+        if cpu_has_amx():
+            mp.use_extra_bufts = False  # see cpu_has_amx()
         self._tensor_split = set_placement(mp, spec)  # kept on self: llama.cpp reads it during the load
         if spec.use_mmap is not None:
             mp.load_mode = lc.LLAMA_LOAD_MODE_MMAP if spec.use_mmap else lc.LLAMA_LOAD_MODE_NONE

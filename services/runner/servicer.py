@@ -10,6 +10,7 @@ import grpc
 
 from corral.errors import CorralError
 from corral.v1 import common_pb2, runner_pb2, runner_pb2_grpc
+from services.runner import metrics
 from services.runner.core import InstanceState, Runner
 from services.runner.devices import DeviceInfo
 from services.runner.embed import EmbedInput
@@ -173,6 +174,8 @@ class RunnerServicer(runner_pb2_grpc.RunnerServiceServicer):
         stream = self.runner.generate(request.instance_id, generate_spec(request))
         try:
             async for ev in stream:
+                if ev.done and ev.stats is not None:
+                    metrics.trace_phases(ev.stats)
                 yield event_pb(ev)
         finally:
             stream.cancel()  # client cancelled (CancelledError) or went away: free the sequence

@@ -21,7 +21,7 @@ import grpc
 from corral.errors import CorralError
 from corral.logs import fields
 from corral.v1 import common_pb2, scheduler_pb2
-from services.scheduler import loading, memory, placement
+from services.scheduler import loading, memory, metrics, placement
 from services.scheduler.inventory import Device, Instance, Inventory, LoadKey, Runner, State
 from services.scheduler.runners import RunnerClient
 
@@ -208,6 +208,7 @@ class Scheduler:
         self, spec: scheduler_pb2.ModelSpec, opts: common_pb2.LoadOptions, keep_alive: float | None
     ) -> Lease:
         if self._pending >= self.config.max_queue:
+            metrics.REJECTED.inc()
             raise CorralError(common_pb2.ERROR_REASON_QUEUE_FULL, QUEUE_FULL_MESSAGE)
         self._pending += 1
         started = time.monotonic()
@@ -263,6 +264,7 @@ class Scheduler:
             return None
         if isinstance(decision, placement.Evict):
             victims = tuple(self.inv.instances[i] for i in decision.instance_ids)
+            metrics.EVICTIONS.inc(len(victims))
             for v in victims:
                 v.state = State.EXPIRING
             return _Unload(victims)
@@ -321,11 +323,16 @@ class Scheduler:
         k = inst.key
         request = loading.load_request(inst)
         log.info("loading model", extra=fields(model=inst.spec.name, runner=runner.id, num_ctx=k.num_ctx))
+        started = time.monotonic()
         try:
-            resp = await loading.load_watching_progress(
-                self.client, runner.address, request, self.config.load_timeout, self.config.load_poll
-            )
+            try:
+                resp = await loading.load_watching_progress(
+                    self.client, runner.address, request, self.config.load_timeout, self.config.load_poll
+                )
+            finally:
+                metrics.LOAD_SECONDS.observe(time.monotonic() - started)
         except CorralError as err:
+            metrics.LOADS.labels("failed").inc()
             async with self._cond:
                 self._loading.discard(runner.id)
                 self._drop_instance(inst)
@@ -336,11 +343,13 @@ class Scheduler:
                 return  # the acquirer waits for a runner to come back
             raise
         except BaseException:
+            metrics.LOADS.labels("failed").inc()
             async with self._cond:
                 self._loading.discard(runner.id)
                 self._drop_instance(inst)
                 self._cond.notify_all()
             raise
+        metrics.LOADS.labels("ok").inc()
         async with self._cond:
             self._loading.discard(runner.id)
             if inst.id in self.inv.instances:
@@ -398,6 +407,7 @@ class Scheduler:
         inst = self.inv.instances.get(instance_id)
         if inst is not None and inst.idle:
             inst.state = State.EXPIRING
+            metrics.EXPIRATIONS.inc()
             self._spawn(self._unload((inst,)))
 
     async def unload_model(self, model_digest: str, manifest_digest: str = "") -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from corral.config import Settings
 from corral.grpc_server import GrpcService, run_until_signal
 from corral.v1 import scheduler_pb2, scheduler_pb2_grpc
+from services.scheduler import metrics
 from services.scheduler.core import Scheduler, SchedulerConfig
 from services.scheduler.runners import GrpcRunnerClient
 from services.scheduler.servicer import SchedulerServicer
@@ -28,6 +29,7 @@ def config_from(settings: Settings) -> SchedulerConfig:
 
 def build(settings: Settings, address: str | None = None) -> tuple[GrpcService, Scheduler]:
     core = Scheduler(config_from(settings), GrpcRunnerClient())
+    metrics.INVENTORY.core = core
     servicer = SchedulerServicer(core)
 
     def register(server: object) -> list[str]:

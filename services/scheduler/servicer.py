@@ -81,6 +81,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
                 context_length=inst.context_length or inst.key.num_ctx,
                 runner_id=inst.runner_id,
                 active_leases=inst.leases,
+                num_parallel=inst.key.num_parallel,
                 devices=[common_pb2.DeviceMemory(device_id=d, bytes=b) for d, b in inst.measured.items()],
             )
             m.details.CopyFrom(inst.spec.details)

@@ -56,8 +56,9 @@ def test_cp_ps_stop_rm(stack: Stack, terse: str) -> None:
     assert "terse-copy:latest" in corral(stack, "list").stdout
     corral(stack, "run", "terse-copy", "Hi")
     ps = corral(stack, "ps")
-    assert ps.stdout.splitlines()[0].split() == ["NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "UNTIL"]
+    assert ps.stdout.splitlines()[0].split() == ["NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "ACTIVE", "UNTIL"]
     assert "100% CPU" in ps.stdout
+    assert " 0/1 " in ps.stdout  # ACTIVE: no sequence of its one (CORRAL_NUM_PARALLEL) in use
     assert corral(stack, "stop", "terse-copy").returncode == 0
     r = corral(stack, "rm", "terse-copy")
     assert r.returncode == 0 and "deleted 'terse-copy'" in r.stdout

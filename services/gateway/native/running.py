@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+
 import grpc
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
@@ -34,10 +37,40 @@ async def ps(request: Request) -> Response:
             "expires_at": rfc3339(m.expires_at.ToDatetime()),
             "size_vram": m.size_vram_bytes,
             "context_length": m.context_length,
+            # Corral's own: sequences generating now, of the instance's num_parallel.
+            "active_sequences": m.active_leases,
+            "num_parallel": m.num_parallel,
         }
         for m in resp.models
     ]
     return json_response({"models": models})
+
+
+@router.get("/api/status")
+async def status(request: Request) -> Response:
+    """Ollama 0.16's status (Corral has no cloud models, so cloud is always disabled), plus
+    whether each service answers and what the scheduler holds."""
+    backends = request.app.state.backends
+    registry_ok, scheduler_ok = await asyncio.gather(
+        backends.serving(backends.registry_addr), backends.serving(backends.scheduler_addr)
+    )
+    body: dict[str, object] = {
+        "cloud": {"disabled": True, "source": "none"},
+        "version": OLLAMA_COMPAT_VERSION,
+        "corral_version": __version__,
+        "services": {
+            "gateway": "serving",
+            "registry": "serving" if registry_ok else "unavailable",
+            "scheduler": "serving" if scheduler_ok else "unavailable",
+        },
+    }
+    if scheduler_ok:
+        with contextlib.suppress(grpc.RpcError):
+            info = await backends.scheduler.GetInfo(scheduler_pb2.GetInfoRequest(), timeout=5)
+            body["runners"] = len(info.runners)
+            body["loaded_models"] = sum(r.loaded_models for r in info.runners)
+            body["queued_requests"] = info.queued_requests
+    return json_response(body)
 
 
 _KINDS = {common_pb2.DEVICE_KIND_CPU: "cpu", common_pb2.DEVICE_KIND_CUDA: "cuda"}
