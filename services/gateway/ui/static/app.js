@@ -30,7 +30,7 @@ async function api(path, { method = "GET", body, signal } = {}) {
   if (settings.key) headers.Authorization = `Bearer ${settings.key}`;
   if (body !== undefined) headers["Content-Type"] = "application/json";
   const resp = await fetch(`../${path}`, { method, headers, signal, body: body === undefined ? undefined : JSON.stringify(body) });
-  if (resp.status === 401) banner("The server wants an API key: enter it under Settings.");
+  if (resp.status === 401) throw new Error("The server wants an API key: enter it under Settings.");
   if (!resp.ok) {
     let message = `${resp.status} ${resp.statusText}`;
     try {
