@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from services.gateway import ui
 from services.gateway.anthropic import messages as anthropic_messages
 from services.gateway.backends import Backends
 from services.gateway.errors import HTTPError, surface_body
@@ -44,6 +45,8 @@ def create_app(backends: Backends) -> FastAPI:
     for module in (openai_chat, openai_completions, openai_embeddings, openai_models, anthropic_messages):
         app.include_router(module.router)
     app.include_router(rerank_router)
+    app.include_router(ui.router)
+    app.mount(ui.PREFIX, ui.static_files(), name="ui")
 
     def error_response(request: Request, err: HTTPError) -> Response:
         # /v1 surfaces answer in OpenAI's or Anthropic's error shape

@@ -4,8 +4,10 @@ streams pass straight through).
 Like Ollama: allowed origins are CORRAL_ORIGINS plus localhost/127.0.0.1/0.0.0.0 and
 app-style schemes; when bound to loopback, the Host header must be a local name or a
 private/loopback address (DNS-rebinding defence). With CORRAL_API_KEY set, every
-request except `GET /`, `HEAD /` and preflights needs `Authorization: Bearer <key>`
-(or `x-api-key`, which the Anthropic client sends).
+request except `GET /`, `HEAD /`, the chat page's static files (GET/HEAD under /ui)
+and preflights needs `Authorization: Bearer <key>` (or `x-api-key`, which the Anthropic
+client sends). As in gin-contrib/cors (Ollama's), a request whose Origin is the gateway's
+own (`http://` or `https://` + Host: a page it served calling fetch) is not a CORS request.
 """
 
 from __future__ import annotations
@@ -38,6 +40,13 @@ ALLOWED_HEADERS = (
     "x-stainless-retry-count, x-stainless-runtime, x-stainless-runtime-version, x-stainless-timeout"
 )
 OPEN_PATHS = {"/"}
+STATIC_PREFIX = "/ui"  # the chat page's files are public; the API calls it makes carry the key
+
+
+def is_open(method: str, path: str) -> bool:
+    if path in OPEN_PATHS:
+        return True
+    return method in ("GET", "HEAD") and (path == STATIC_PREFIX or path.startswith(STATIC_PREFIX + "/"))
 
 
 def parse_origins(value: str) -> list[str]:
@@ -87,6 +96,8 @@ class Security:
             await _plain(send, 403, b"")
             return
         origin = headers.get("origin", "")
+        if origin in (f"http://{headers.get('host', '')}", f"https://{headers.get('host', '')}"):
+            origin = ""  # same origin: a page this gateway served (gin-contrib/cors does the same)
         allowed = bool(origin) and origin_allowed(origin, self.origins)
         cors: list[tuple[bytes, bytes]] = []
         if allowed:
@@ -110,7 +121,7 @@ class Security:
         if origin and not allowed:
             await _plain(send, 403, b"")
             return
-        if self.api_key and scope.get("path") not in OPEN_PATHS and not self._authorized(headers):
+        if self.api_key and not is_open(method, scope.get("path", "")) and not self._authorized(headers):
             body = json.dumps({"error": "unauthorized", "code": "unauthorized"}).encode()
             await _plain(send, 401, body, [*cors, (b"www-authenticate", b"Bearer")], b"application/json")
             return
