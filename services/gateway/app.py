@@ -18,6 +18,7 @@ from services.gateway.openai import chat as openai_chat
 from services.gateway.openai import completions as openai_completions
 from services.gateway.openai import embeddings as openai_embeddings
 from services.gateway.openai import models as openai_models
+from services.gateway.openai import responses as openai_responses
 
 
 def create_app(backends: Backends) -> FastAPI:
@@ -30,7 +31,14 @@ def create_app(backends: Backends) -> FastAPI:
     app.state.backends = backends
     for module in (meta, generate, models, manage, running, chat, embed):
         app.include_router(module.router)
-    for module in (openai_chat, openai_completions, openai_embeddings, openai_models, anthropic_messages):
+    for module in (
+        openai_chat,
+        openai_completions,
+        openai_embeddings,
+        openai_models,
+        openai_responses,
+        anthropic_messages,
+    ):
         app.include_router(module.router)
 
     def error_response(request: Request, err: HTTPError) -> Response:
