@@ -10,10 +10,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from services.gateway.anthropic import count_tokens as anthropic_count
 from services.gateway.anthropic import messages as anthropic_messages
 from services.gateway.backends import Backends
 from services.gateway.errors import HTTPError, surface_body
-from services.gateway.native import chat, embed, generate, manage, meta, models, running
+from services.gateway.native import chat, embed, generate, manage, meta, models, running, tokenize
 from services.gateway.openai import chat as openai_chat
 from services.gateway.openai import completions as openai_completions
 from services.gateway.openai import embeddings as openai_embeddings
@@ -29,7 +30,7 @@ def create_app(backends: Backends) -> FastAPI:
 
     app = FastAPI(title="Corral", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.backends = backends
-    for module in (meta, generate, models, manage, running, chat, embed):
+    for module in (meta, generate, models, manage, running, chat, embed, tokenize):
         app.include_router(module.router)
     for module in (
         openai_chat,
@@ -38,6 +39,7 @@ def create_app(backends: Backends) -> FastAPI:
         openai_models,
         openai_responses,
         anthropic_messages,
+        anthropic_count,
     ):
         app.include_router(module.router)
 
