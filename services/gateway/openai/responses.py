@@ -41,6 +41,39 @@ def not_found(rid: str) -> HTTPError:
 
 # Request → chat
 
+_TYPES: dict[str, tuple[type, ...]] = {
+    "instructions": (str,),
+    "previous_response_id": (str,),
+    "text": (dict,),
+    "reasoning": (dict,),
+    "metadata": (dict,),
+    "tools": (list,),
+    "store": (bool,),
+    "stream": (bool,),
+    "parallel_tool_calls": (bool,),
+    "temperature": (int, float),
+    "top_p": (int, float),
+    "max_output_tokens": (int,),
+}
+
+
+def check(body: dict[str, Any]) -> None:
+    """Field types, checked before anything reads them (a wrong type is a 400, never a 500)."""
+    if not isinstance(body.get("model"), str) or not body["model"]:
+        raise bad_request("model is required", "model_required")
+    for key, kinds in _TYPES.items():
+        value = body.get(key)
+        if value is not None and (not isinstance(value, kinds) or (bool not in kinds and isinstance(value, bool))):
+            raise bad_request(f"invalid type for '{key}'")
+    fmt = (body.get("text") or {}).get("format")
+    if fmt is not None and not isinstance(fmt, dict):
+        raise bad_request("invalid type for 'text.format'")
+    effort = (body.get("reasoning") or {}).get("effort")
+    if effort is not None and not isinstance(effort, str):
+        raise bad_request("invalid type for 'reasoning.effort'")
+    if body.get("max_output_tokens") is not None and body["max_output_tokens"] < 1:
+        raise bad_request("max_output_tokens must be at least 1")
+
 
 def _content(content: Any) -> Any:
     """Responses content parts to chat content parts (text and data-URI images)."""
@@ -70,11 +103,15 @@ def items_to_chat(items: list[Item]) -> list[dict[str, Any]]:
             raise bad_request("invalid input item")
         kind = item.get("type") or ("message" if "role" in item else None)
         if kind == "message":
-            msg: dict[str, Any] = {"role": item.get("role"), "content": _content(item.get("content"))}
+            if item.get("role") not in ("user", "assistant", "system", "developer"):
+                raise bad_request(f"invalid message role: {item.get('role')}")
+            msg: dict[str, Any] = {"role": item["role"], "content": _content(item.get("content"))}
             if msg["role"] == "assistant" and reasoning:
                 msg["reasoning"], reasoning = reasoning, ""
             out.append(msg)
         elif kind == "function_call":
+            if not isinstance(item.get("arguments", ""), str) or not isinstance(item.get("name", ""), str):
+                raise bad_request("function_call needs a string name and arguments")
             call = {
                 "id": str(item.get("call_id") or item.get("id") or ""),
                 "type": "function",
@@ -92,8 +129,8 @@ def items_to_chat(items: list[Item]) -> list[dict[str, Any]]:
             text = output if isinstance(output, str) else json.dumps(output, ensure_ascii=False)
             out.append({"role": "tool", "tool_call_id": str(item.get("call_id") or ""), "content": text})
         elif kind == "reasoning":
-            texts = [s.get("text", "") for s in item.get("summary") or [] if isinstance(s, dict)]
-            texts += [c.get("text", "") for c in item.get("content") or [] if isinstance(c, dict)]
+            texts = [str(s.get("text", "")) for s in item.get("summary") or [] if isinstance(s, dict)]
+            texts += [str(c.get("text", "")) for c in item.get("content") or [] if isinstance(c, dict)]
             reasoning += "".join(texts)
         else:
             raise bad_request(f"unsupported input item type: {kind}")
@@ -115,9 +152,11 @@ def chat_tools(tools: Any) -> list[dict[str, Any]] | None:
         raise bad_request("tools must be a list")
     out = []
     for t in tools:
-        if not isinstance(t, dict) or t.get("type") != "function" or not t.get("name"):
+        if not isinstance(t, dict) or t.get("type") != "function" or not isinstance(t.get("name"), str):
             kind = t.get("type") if isinstance(t, dict) else None
             raise bad_request(f"unsupported tool type: {kind} (only function tools are supported)")
+        if not isinstance(t.get("parameters") or {}, dict):
+            raise bad_request("a function tool's parameters must be an object")
         fn = {k: t[k] for k in ("name", "description", "parameters") if t.get(k) is not None}
         out.append({"type": "function", "function": fn})
     return out
@@ -369,8 +408,7 @@ async def _load(backends: Backends, rid: str) -> registry_pb2.GetResponseRespons
 @router.post("/v1/responses")
 async def create_response(request: Request) -> Response:
     body = await parse_json(request)
-    if not body.get("model"):
-        raise bad_request("model is required", "model_required")
+    check(body)
     backends = request.app.state.backends
     items = input_items(body.get("input"))
     if body.get("previous_response_id"):
