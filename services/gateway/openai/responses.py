@@ -307,7 +307,7 @@ class Builder:
         inp, out = (s.prompt_eval_count, s.eval_count) if s else (0, 0)
         r["usage"] = {
             "input_tokens": inp,
-            "input_tokens_details": {"cached_tokens": 0},
+            "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
             "output_tokens": out,
             "output_tokens_details": {"reasoning_tokens": 0},
             "total_tokens": inp + out,
