@@ -102,6 +102,8 @@ def test_function_call_then_previous_response_id(oai: openai.OpenAI, stack: Stac
     assert "response.function_call_arguments.delta" in kinds and "response.function_call_arguments.done" in kinds
     call = next(i for i in final.output if i.type == "function_call")
     assert call.name == "get_weather" and json.loads(call.arguments)["city"] in ("Paris", "Tokyo")
+    stored = oai.responses.retrieve(final.id)  # a streamed response is stored before response.completed
+    assert [i.type for i in stored.output] == [i.type for i in final.output]
 
 
 def test_stored_response_get_delete_and_unknown(oai: openai.OpenAI, stack: Stack, gemma: str) -> None:
