@@ -98,6 +98,12 @@ VARS: tuple[Var, ...] = (
     Var("CORRAL_NOPRUNE", "", "1 = keep the layers an overwritten model no longer uses.", "OLLAMA_NOPRUNE"),
     Var("CORRAL_BLOB_GRACE", "1h", "Unreferenced blobs younger than this survive garbage collection."),
     Var("CORRAL_VERIFY_INTERVAL", "24h", "Re-hash every stored blob this often in the background; 0 = never."),
+    Var(
+        "CORRAL_RESPONSES_MAX",
+        "10000",
+        "Stored `/v1/responses` (`store: true`) kept at most; the oldest go first.",
+    ),
+    Var("CORRAL_RESPONSES_TTL", "720h", "A stored `/v1/responses` response is forgotten after this long."),
     Var("CORRAL_PULL_PARALLEL", "4", "Ranged parts downloaded at once per blob during a pull."),
     Var(
         "CORRAL_REDIRECT_HOSTS",

@@ -321,3 +321,45 @@ class CollectGarbageResponse(_message.Message):
     REMOVED_BLOBS_FIELD_NUMBER: _ClassVar[int]
     removed_blobs: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, removed_blobs: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class PutResponseRequest(_message.Message):
+    __slots__ = ("id", "response_json", "input_json")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_JSON_FIELD_NUMBER: _ClassVar[int]
+    INPUT_JSON_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    response_json: str
+    input_json: str
+    def __init__(self, id: _Optional[str] = ..., response_json: _Optional[str] = ..., input_json: _Optional[str] = ...) -> None: ...
+
+class PutResponseResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetResponseRequest(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    def __init__(self, id: _Optional[str] = ...) -> None: ...
+
+class GetResponseResponse(_message.Message):
+    __slots__ = ("found", "response_json", "input_json")
+    FOUND_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_JSON_FIELD_NUMBER: _ClassVar[int]
+    INPUT_JSON_FIELD_NUMBER: _ClassVar[int]
+    found: bool
+    response_json: str
+    input_json: str
+    def __init__(self, found: _Optional[bool] = ..., response_json: _Optional[str] = ..., input_json: _Optional[str] = ...) -> None: ...
+
+class DeleteResponseRequest(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    def __init__(self, id: _Optional[str] = ...) -> None: ...
+
+class DeleteResponseResponse(_message.Message):
+    __slots__ = ("deleted",)
+    DELETED_FIELD_NUMBER: _ClassVar[int]
+    deleted: bool
+    def __init__(self, deleted: _Optional[bool] = ...) -> None: ...

@@ -101,6 +101,21 @@ class RegistryServiceStub:
                 request_serializer=corral_dot_v1_dot_registry__pb2.CollectGarbageRequest.SerializeToString,
                 response_deserializer=corral_dot_v1_dot_registry__pb2.CollectGarbageResponse.FromString,
                 _registered_method=True)
+        self.PutResponse = channel.unary_unary(
+                '/corral.v1.RegistryService/PutResponse',
+                request_serializer=corral_dot_v1_dot_registry__pb2.PutResponseRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_registry__pb2.PutResponseResponse.FromString,
+                _registered_method=True)
+        self.GetResponse = channel.unary_unary(
+                '/corral.v1.RegistryService/GetResponse',
+                request_serializer=corral_dot_v1_dot_registry__pb2.GetResponseRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_registry__pb2.GetResponseResponse.FromString,
+                _registered_method=True)
+        self.DeleteResponse = channel.unary_unary(
+                '/corral.v1.RegistryService/DeleteResponse',
+                request_serializer=corral_dot_v1_dot_registry__pb2.DeleteResponseRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_registry__pb2.DeleteResponseResponse.FromString,
+                _registered_method=True)
 
 
 class RegistryServiceServicer:
@@ -201,6 +216,27 @@ class RegistryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PutResponse(self, request, context):
+        """Store an OpenAI Responses API response (`store: true`), bounded and expiring.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetResponse(self, request, context):
+        """A stored response; found = false when unknown or expired.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteResponse(self, request, context):
+        """Forget a stored response; deleted = false when unknown or expired.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RegistryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -268,6 +304,21 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     servicer.CollectGarbage,
                     request_deserializer=corral_dot_v1_dot_registry__pb2.CollectGarbageRequest.FromString,
                     response_serializer=corral_dot_v1_dot_registry__pb2.CollectGarbageResponse.SerializeToString,
+            ),
+            'PutResponse': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutResponse,
+                    request_deserializer=corral_dot_v1_dot_registry__pb2.PutResponseRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_registry__pb2.PutResponseResponse.SerializeToString,
+            ),
+            'GetResponse': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetResponse,
+                    request_deserializer=corral_dot_v1_dot_registry__pb2.GetResponseRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_registry__pb2.GetResponseResponse.SerializeToString,
+            ),
+            'DeleteResponse': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteResponse,
+                    request_deserializer=corral_dot_v1_dot_registry__pb2.DeleteResponseRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_registry__pb2.DeleteResponseResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -623,6 +674,87 @@ class RegistryService:
             '/corral.v1.RegistryService/CollectGarbage',
             corral_dot_v1_dot_registry__pb2.CollectGarbageRequest.SerializeToString,
             corral_dot_v1_dot_registry__pb2.CollectGarbageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutResponse(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.RegistryService/PutResponse',
+            corral_dot_v1_dot_registry__pb2.PutResponseRequest.SerializeToString,
+            corral_dot_v1_dot_registry__pb2.PutResponseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetResponse(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.RegistryService/GetResponse',
+            corral_dot_v1_dot_registry__pb2.GetResponseRequest.SerializeToString,
+            corral_dot_v1_dot_registry__pb2.GetResponseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteResponse(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.RegistryService/DeleteResponse',
+            corral_dot_v1_dot_registry__pb2.DeleteResponseRequest.SerializeToString,
+            corral_dot_v1_dot_registry__pb2.DeleteResponseResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -12,16 +12,18 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.gateway import ui
+from services.gateway.anthropic import count_tokens as anthropic_count
 from services.gateway.anthropic import messages as anthropic_messages
 from services.gateway.backends import Backends
 from services.gateway.errors import HTTPError, surface_body
-from services.gateway.native import chat, embed, generate, manage, meta, models, running
+from services.gateway.native import chat, embed, generate, manage, meta, models, running, tokenize
 from services.gateway.observability import Observe
 from services.gateway.observability import router as metrics_router
 from services.gateway.openai import chat as openai_chat
 from services.gateway.openai import completions as openai_completions
 from services.gateway.openai import embeddings as openai_embeddings
 from services.gateway.openai import models as openai_models
+from services.gateway.openai import responses as openai_responses
 from services.gateway.rerank import router as rerank_router
 
 
@@ -40,9 +42,17 @@ def create_app(backends: Backends) -> FastAPI:
     app.state.backends = backends
     app.add_middleware(Observe)
     app.include_router(metrics_router)
-    for module in (meta, generate, models, manage, running, chat, embed):
+    for module in (meta, generate, models, manage, running, chat, embed, tokenize):
         app.include_router(module.router)
-    for module in (openai_chat, openai_completions, openai_embeddings, openai_models, anthropic_messages):
+    for module in (
+        openai_chat,
+        openai_completions,
+        openai_embeddings,
+        openai_models,
+        openai_responses,
+        anthropic_messages,
+        anthropic_count,
+    ):
         app.include_router(module.router)
     app.include_router(rerank_router)
     app.include_router(ui.router)

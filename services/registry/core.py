@@ -43,6 +43,7 @@ from services.registry.manifest import (
 )
 from services.registry.model import Details, StoredModel, capabilities
 from services.registry.names import ModelName, parse_name
+from services.registry.responses import ResponseLimits, ResponseStore
 from services.registry.show import ShowResult, show
 from services.registry.store import ManifestFile, Store, blob_not_found
 
@@ -64,9 +65,17 @@ def model_not_found(name: str) -> CorralError:
 
 
 class Registry:
-    def __init__(self, store: Store, index: Index, transfer: TransferSettings | None = None, noprune: bool = False):
+    def __init__(
+        self,
+        store: Store,
+        index: Index,
+        transfer: TransferSettings | None = None,
+        noprune: bool = False,
+        responses: ResponseStore | None = None,
+    ):
         self.store = store
         self.index = index
+        self.responses = responses  # stored OpenAI Responses; opened by Registry.open
         self.noprune = noprune  # keep the layers an overwritten manifest no longer uses (OLLAMA_NOPRUNE)
         self.downloads = Downloads(store, index, transfer or TransferSettings())
         self.manifest_lock = asyncio.Lock()  # manifest writes and the blob removals that follow them
@@ -74,11 +83,18 @@ class Registry:
         self._gguf_locks: dict[str, asyncio.Lock] = {}
 
     @classmethod
-    async def open(cls, root: Path, transfer: TransferSettings | None = None, noprune: bool = False) -> Registry:
+    async def open(
+        cls,
+        root: Path,
+        transfer: TransferSettings | None = None,
+        noprune: bool = False,
+        response_limits: ResponseLimits | None = None,
+    ) -> Registry:
         """Open the store at `root`, creating it if needed, and bring the index up to date."""
         store = Store(root)
         await asyncio.to_thread(store.prepare)
-        registry = cls(store, await Index.open(store.root / "index.db"), transfer, noprune)
+        responses = await ResponseStore.open(store.root / "responses.db", response_limits)
+        registry = cls(store, await Index.open(store.root / "index.db"), transfer, noprune, responses)
         await registry.sync()
         return registry
 
@@ -86,6 +102,8 @@ class Registry:
         """Stop the downloads in flight (their parts saved, resumable), then close the index."""
         await self.downloads.close()
         await self.index.close()
+        if self.responses is not None:
+            await self.responses.close()
 
     # Index maintenance
 

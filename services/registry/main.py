@@ -14,6 +14,7 @@ from services.registry.core import Registry
 from services.registry.download import TransferSettings
 from services.registry.manage import background_verify
 from services.registry.redirects import RedirectHosts
+from services.registry.responses import ResponseLimits
 from services.registry.servicer import register
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,8 @@ async def serve(settings: Settings) -> None:
     noprune = raw("CORRAL_NOPRUNE").lower() not in ("", "0", "false", "no", "off")
     parallel = max(1, int(raw("CORRAL_PULL_PARALLEL")))
     transfer = TransferSettings(parallel=parallel, redirect_hosts=redirect_hosts(settings))
-    registry = await Registry.open(settings.models_dir, transfer, noprune)
+    limits = ResponseLimits(int(raw("CORRAL_RESPONSES_MAX")), _seconds("CORRAL_RESPONSES_TTL"))
+    registry = await Registry.open(settings.models_dir, transfer, noprune, limits)
     grace = _seconds("CORRAL_BLOB_GRACE")
     log.info("model store at %s", registry.store.root)
     tasks: list[asyncio.Task[None]] = []

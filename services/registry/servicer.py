@@ -18,6 +18,7 @@ from services.registry.core import Registry
 from services.registry.create import CreateRequest, Progress
 from services.registry.digests import INVALID_DIGEST_MESSAGE
 from services.registry.model import StoredModel, geometry
+from services.registry.responses import ResponseStore
 from services.registry.store import disk_full_as_error
 
 log = logging.getLogger(__name__)
@@ -241,6 +242,34 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     ) -> registry_pb2.CollectGarbageResponse:
         grace = request.grace_seconds if request.HasField("grace_seconds") else self.gc_grace_seconds
         return registry_pb2.CollectGarbageResponse(removed_blobs=await self.registry.collect_garbage(grace))
+
+    def _responses(self) -> ResponseStore:
+        if self.registry.responses is None:
+            raise CorralError(common_pb2.ERROR_REASON_UNSUPPORTED, "this registry does not store responses")
+        return self.registry.responses
+
+    async def PutResponse(
+        self, request: registry_pb2.PutResponseRequest, context: grpc.aio.ServicerContext
+    ) -> registry_pb2.PutResponseResponse:
+        if not request.id:
+            raise CorralError(common_pb2.ERROR_REASON_INVALID_ARGUMENT, "a stored response needs an id")
+        await self._responses().put(request.id, request.response_json, request.input_json)
+        return registry_pb2.PutResponseResponse()
+
+    async def GetResponse(
+        self, request: registry_pb2.GetResponseRequest, context: grpc.aio.ServicerContext
+    ) -> registry_pb2.GetResponseResponse:
+        stored = await self._responses().get(request.id)
+        if stored is None:
+            return registry_pb2.GetResponseResponse(found=False)
+        return registry_pb2.GetResponseResponse(
+            found=True, response_json=stored.response_json, input_json=stored.input_json
+        )
+
+    async def DeleteResponse(
+        self, request: registry_pb2.DeleteResponseRequest, context: grpc.aio.ServicerContext
+    ) -> registry_pb2.DeleteResponseResponse:
+        return registry_pb2.DeleteResponseResponse(deleted=await self._responses().delete(request.id))
 
 
 async def _progress(events: AsyncIterator[Progress]) -> AsyncGenerator[registry_pb2.TransferProgress, None]:

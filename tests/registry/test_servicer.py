@@ -132,7 +132,8 @@ async def test_upload_invalid_digest(
     )
     err = await _error(stub.StatBlob(registry_pb2.StatBlobRequest(digest=digest)))
     assert err.reason == R.ERROR_REASON_INVALID_DIGEST
-    assert all_files(registry.store.root) <= {"index.db", "index.db-wal", "index.db-shm"}
+    dbs = {f"{db}{tail}" for db in ("index.db", "responses.db") for tail in ("", "-wal", "-shm")}
+    assert all_files(registry.store.root) <= dbs
 
 
 async def test_upload_empty_stream(stub: registry_pb2_grpc.RegistryServiceStub) -> None:
@@ -205,3 +206,14 @@ async def test_a_client_that_cancels_read_blob_leaves_no_error_log(
     # A reader that stays gets the whole blob.
     chunks = [m.chunk async for m in stub.ReadBlob(registry_pb2.ReadBlobRequest(digest=digest))]
     assert b"".join(chunks) == data
+
+
+async def test_stored_responses_put_get_delete(stub: registry_pb2_grpc.RegistryServiceStub) -> None:
+    await stub.PutResponse(registry_pb2.PutResponseRequest(id="resp_1", response_json='{"a": 1}', input_json="[]"))
+    got = await stub.GetResponse(registry_pb2.GetResponseRequest(id="resp_1"))
+    assert (got.found, got.response_json, got.input_json) == (True, '{"a": 1}', "[]")
+    assert (await stub.DeleteResponse(registry_pb2.DeleteResponseRequest(id="resp_1"))).deleted
+    assert not (await stub.DeleteResponse(registry_pb2.DeleteResponseRequest(id="resp_1"))).deleted
+    assert not (await stub.GetResponse(registry_pb2.GetResponseRequest(id="resp_1"))).found
+    err = await _error(stub.PutResponse(registry_pb2.PutResponseRequest(id="")))
+    assert err.reason == R.ERROR_REASON_INVALID_ARGUMENT
