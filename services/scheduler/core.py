@@ -114,7 +114,13 @@ class Scheduler:
 
     async def _unload_stray(self, runner: Runner, instance_id: str) -> None:
         """An instance the runner holds that we do not know (loaded before this scheduler
-        restarted, or a load we gave up on that finished anyway) only wastes its memory."""
+        restarted, or a load we gave up on that finished anyway) only wastes its memory.
+        One still serving a request (a stream that outlived a scheduler restart) is left
+        until a later heartbeat finds it idle."""
+        status = await self.client.status(runner.address)
+        mine = [i for i in (status.instances if status else []) if i.instance_id == instance_id]
+        if not status or (mine and mine[0].active_sequences + mine[0].queued_requests > 0):
+            return
         log.warning(
             "unloading an instance unknown to the scheduler", extra=fields(runner=runner.id, instance=instance_id)
         )

@@ -20,16 +20,20 @@ from tests.stack import Stack, create_model, start_stack, stop_stack
 pytestmark = pytest.mark.e2e
 
 MODEL = "gemma3"
-DRAIN = 15.0  # long enough for a 16-token stream on a loaded 2-core machine
+DRAIN = 40.0  # long enough for a 20-token stream on an oversubscribed 2-core machine
+# One context size for every request: other options would reload the model mid-test.
+SHORT = {"temperature": 0, "num_predict": 20, "num_ctx": 8192}
+LONG = {**SHORT, "num_predict": 100000}  # 8192 tokens: far longer than DRAIN on any CPU
 
 
 @pytest.fixture(scope="module")
 def dstack(tmp_path_factory: pytest.TempPathFactory, gemma_path: Path) -> Iterator[Stack]:
-    s = start_stack(tmp_path_factory.mktemp("drain"), CORRAL_DRAIN_TIMEOUT=f"{DRAIN:.0f}s")
+    env = {"CORRAL_DRAIN_TIMEOUT": f"{DRAIN:.0f}s", "CORRAL_KEEP_ALIVE": "-1"}
+    s = start_stack(tmp_path_factory.mktemp("drain"), **env)
     try:
         assert create_model(s.url, MODEL, gemma_path)[-1] == {"status": "success"}
-        warm = {"model": MODEL, "prompt": "Hi", "stream": False, "options": {"num_predict": 1, "num_ctx": 512}}
-        assert httpx.post(s.url + "/api/generate", json=warm, timeout=120).status_code == 200
+        warm = {"model": MODEL, "prompt": "Hi", "stream": False, "options": {**SHORT, "num_predict": 1}}
+        assert httpx.post(s.url + "/api/generate", json=warm, timeout=300).status_code == 200
         yield s
     finally:
         stop_stack(s)
@@ -69,7 +73,7 @@ def _drain(stack: Stack, body: dict[str, Any]) -> tuple[list[dict[str, Any]], fl
     sent = time.monotonic()
     gateway.send_signal(signal.SIGTERM)
     refused = False
-    deadline = sent + 3
+    deadline = sent + DRAIN / 2
     while not refused and time.monotonic() < deadline and gateway.is_running():
         refused = _refused(stack)
         time.sleep(0.05)
@@ -84,7 +88,7 @@ def _drain(stack: Stack, body: dict[str, Any]) -> tuple[list[dict[str, Any]], fl
 
 
 def _back(stack: Stack, old_pid: int) -> None:
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         child = stack.child("gateway")
         if child is not None and child.pid != old_pid and not _refused(stack):
@@ -93,25 +97,31 @@ def _back(stack: Stack, old_pid: int) -> None:
     pytest.fail("the gateway did not come back")
 
 
+def _gateway(stack: Stack) -> psutil.Process:
+    """The live gateway, once it answers (a previous test may have just drained one)."""
+    _back(stack, -1)
+    child = stack.child("gateway")
+    assert child is not None
+    return child
+
+
 def test_sigterm_lets_the_running_stream_finish(dstack: Stack) -> None:
-    old = dstack.child("gateway")
-    assert old is not None
-    body = {"model": MODEL, "prompt": "Count: 1, 2, 3,", "options": {"temperature": 0, "num_predict": 16}}
+    old = _gateway(dstack)
+    body = {"model": MODEL, "prompt": "Count: 1, 2, 3,", "options": SHORT}
     lines, took, refused = _drain(dstack, body)
     assert refused, "a new request was accepted while draining"
     assert lines[-1].get("done") is True, lines[-2:]
-    assert lines[-1]["eval_count"] == 16
+    assert lines[-1]["eval_count"] == SHORT["num_predict"]
     assert took < DRAIN, took  # it exited once the stream was done, not at the timeout
     _back(dstack, old.pid)
 
 
 def test_a_stream_longer_than_the_drain_timeout_is_cut(dstack: Stack) -> None:
-    old = dstack.child("gateway")
-    assert old is not None
+    old = _gateway(dstack)
     body = {
         "model": MODEL,
         "prompt": "Count: 1, 2, 3,",
-        "options": {"temperature": 0, "num_predict": 100000, "num_ctx": 8192},
+        "options": LONG,
     }
     lines, took, refused = _drain(dstack, body)
     assert refused
@@ -123,9 +133,10 @@ def test_a_stream_longer_than_the_drain_timeout_is_cut(dstack: Stack) -> None:
 def test_corral_serve_drains_the_gateway_before_stopping_the_rest(dstack: Stack) -> None:
     """SIGTERM to `corral serve` stops the gateway first and waits for it, so the runner and
     scheduler a running stream needs are still there. Last here: the stack is gone after."""
+    _gateway(dstack)
     lines: list[dict[str, Any]] = []
     first = threading.Event()
-    body = {"model": MODEL, "prompt": "Count: 1, 2, 3,", "options": {"temperature": 0, "num_predict": 16}}
+    body = {"model": MODEL, "prompt": "Count: 1, 2, 3,", "options": SHORT}
     t = threading.Thread(target=_stream, args=(dstack, body, lines, first), daemon=True)
     t.start()
     assert first.wait(60)
@@ -133,4 +144,4 @@ def test_corral_serve_drains_the_gateway_before_stopping_the_rest(dstack: Stack)
     dstack.proc.wait(DRAIN + 20)
     t.join(30)
     assert lines[-1].get("done") is True, lines[-2:]
-    assert lines[-1]["eval_count"] == 16
+    assert lines[-1]["eval_count"] == SHORT["num_predict"]

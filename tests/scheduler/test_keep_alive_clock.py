@@ -133,3 +133,18 @@ async def test_abandoned_lease_is_reclaimed_after_the_idle_timeout() -> None:
     clock.advance(31)
     await _settle()
     assert client.unloads == [lease.instance_id]
+
+
+async def test_a_stray_instance_is_unloaded_only_once_idle() -> None:
+    """After a scheduler restart the runner still holds instances it loaded for the old one;
+    one still streaming to a client is left alone until it is idle."""
+    core, client, _ = await _scheduler()
+    devices = [Device.from_proto(cpu_device())]
+    client.busy["stray"] = 1
+    assert await core.heartbeat("r1", devices, ["stray"])
+    await _settle()
+    assert client.unloads == []
+    client.busy["stray"] = 0
+    assert await core.heartbeat("r1", devices, ["stray"])
+    await _settle()
+    assert client.unloads == ["stray"]

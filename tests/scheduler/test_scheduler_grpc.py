@@ -286,6 +286,7 @@ async def test_instances_unknown_to_the_scheduler_are_unloaded(stack: Stack) -> 
     """A runner still holding a model from before a scheduler restart gets it unloaded."""
     runner = FakeRunner("survivor", [cpu_device()], stack.address)
     runner.loaded["ghost"] = runner_pb2.LoadModelRequest(instance_id="ghost")
+    runner.busy = 0  # idle: one still serving a stream is left alone (test_keep_alive_clock.py)
     await runner.start()
     stack.runners.append(runner)
     for _ in range(50):  # heartbeats every 0.1 s
