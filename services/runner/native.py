@@ -169,6 +169,8 @@ class NativeModel:
         spec = self.spec
         mp = lc.llama_model_default_params()
         mp.n_gpu_layers = 0x7FFFFFFF if spec.num_gpu < 0 else spec.num_gpu
+        # ggml-cpu's AMX repack buffer general-protection-faults (ldtilecfg) on some AMX hosts.
+        mp.use_extra_bufts = False
         self._tensor_split = set_placement(mp, spec)  # kept on self: llama.cpp reads it during the load
         if spec.use_mmap is not None:
             mp.load_mode = lc.LLAMA_LOAD_MODE_MMAP if spec.use_mmap else lc.LLAMA_LOAD_MODE_NONE
