@@ -118,6 +118,7 @@ class Job:
     logprobs: bool = False
     top_logprobs: int = 0
     prompt_tokens: list[int] = field(default_factory=list)
+    shift: bool = True  # Ollama's default: a full context shifts rather than stopping
     truncate: bool = True  # Ollama's default: cut the oldest messages, then tokens, rather than fail
     history: tokens.History | None = None  # a chat's messages, re-rendered to drop the oldest
     context: list[int] = field(default_factory=list)  # generate's deprecated context, written first
@@ -148,6 +149,7 @@ def runner_request(job: Job) -> runner_pb2.GenerateRequest:
         logprobs=job.logprobs,
         top_logprobs=job.top_logprobs,
         truncate=job.truncate,
+        no_shift=not job.shift,
     )
     calls = toolchoice.spec(job.tool_choice, job.tools, job.tool_format)
     c = formats.constraint(job.format, job.grammar, calls)

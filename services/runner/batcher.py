@@ -281,7 +281,7 @@ class Batcher:
             seq.out_ids, seq.out_logprobs = [], []
         seq.repeats = seq.repeats + 1 if tok == seq.last_tok else 0
         seq.last_tok = tok
-        full = seq.n_past >= nm.num_ctx and not self._shift_context(slot)
+        full = seq.n_past >= nm.num_ctx and not (seq.job.spec.shift and self._shift_context(slot))
         if seq.repeats >= MAX_REPEATS:  # the 31st identical token in a row
             self._finish(slot, common_pb2.DONE_REASON_STOP)
         elif seq.generated >= seq.limit or full:

@@ -50,6 +50,7 @@ class GenerateSpec:
     logprobs: bool = False
     top_logprobs: int = 0  # clamped to 0-20; > 0 implies logprobs
     truncate: bool = False  # cut a too-long prompt (keeping num_keep) instead of refusing it
+    shift: bool = True  # when the context fills: shift it (True) or stop with LENGTH
     request_id: str = ""
 
 

@@ -102,6 +102,7 @@ def generate_spec(req: runner_pb2.GenerateRequest) -> GenerateSpec:
         logprobs=req.logprobs,
         top_logprobs=req.top_logprobs,
         truncate=req.truncate,
+        shift=not req.no_shift,
         request_id=req.request_id,
         constraint=constraint(req.constraint) if req.HasField("constraint") else None,
         thinking=thinking(req.thinking) if req.HasField("thinking") else None,

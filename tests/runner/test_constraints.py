@@ -143,3 +143,17 @@ async def test_thinking_budget_closes_the_block(inst: Instance) -> None:
     thought, answer = r.text.split("</think>", 1)
     assert await n_tokens(inst, thought) <= 7
     assert answer.strip()[:1] in '{["0123456789-tfn'
+
+
+async def test_no_shift_stops_when_the_context_fills(gemma_path: Path) -> None:
+    inst = Instance("noshift", LoadSpec(str(gemma_path), num_ctx=64, num_parallel=1))
+    await inst.start()
+    try:
+        params = SamplingParams(temperature=1.0, seed=2, num_predict=200)
+        spec = GenerateSpec(prompt=turn("Write a long story."), params=params, add_bos=True, shift=False)
+        r = await collect(inst.generate(spec))
+        assert r.last.done_reason == common_pb2.DONE_REASON_LENGTH
+        assert r.last.stats is not None
+        assert r.last.stats.prompt_eval_count + r.last.stats.eval_count <= 64 < 200
+    finally:
+        await inst.stop()

@@ -33,6 +33,7 @@ class ChatRequest(BaseModel):
     tool_choice: Any = None  # beyond Ollama: OpenAI's spelling, enforced by grammar
     grammar: str | None = None  # beyond Ollama: raw GBNF (llama-server's `grammar`)
     truncate: bool = True
+    shift: bool = True
     logprobs: bool = False
     top_logprobs: int = 0
 
@@ -131,7 +132,7 @@ async def chat(request: Request) -> Response:
         tool_choice=toolchoice.from_openai(req.tool_choice),
         grammar=req.grammar or "",
     )
-    job.truncate = req.truncate
+    job.truncate, job.shift = req.truncate, req.shift
     runner_stream = pipeline.run(backends, job)
 
     async def chunks() -> AsyncGenerator[dict[str, Any], None]:

@@ -39,6 +39,7 @@ class GenerateRequest(BaseModel):
     think: Any = None
     grammar: str | None = None  # beyond Ollama: raw GBNF (llama-server's `grammar`)
     truncate: bool = True
+    shift: bool = True
     logprobs: bool = False
     top_logprobs: int = 0
 
@@ -115,6 +116,7 @@ async def generate(request: Request) -> Response:
         logprobs=req.logprobs,
         top_logprobs=req.top_logprobs,
         truncate=req.truncate,
+        shift=req.shift,
         context=context,
         return_context=not req.raw,  # Ollama returns no context in raw mode
     )
