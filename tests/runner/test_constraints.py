@@ -154,6 +154,6 @@ async def test_no_shift_stops_when_the_context_fills(gemma_path: Path) -> None:
         r = await collect(inst.generate(spec))
         assert r.last.done_reason == common_pb2.DONE_REASON_LENGTH
         assert r.last.stats is not None
-        assert r.last.stats.prompt_eval_count + r.last.stats.eval_count <= 64 < 200
+        assert r.last.stats.prompt_eval_count + r.last.stats.eval_count <= 65  # the last sampled token is never decoded
     finally:
         await inst.stop()
