@@ -1,11 +1,21 @@
 from corral.v1 import common_pb2 as _common_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class ToolChoiceMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TOOL_CHOICE_MODE_UNSPECIFIED: _ClassVar[ToolChoiceMode]
+    TOOL_CHOICE_MODE_REQUIRED: _ClassVar[ToolChoiceMode]
+    TOOL_CHOICE_MODE_NONE: _ClassVar[ToolChoiceMode]
+TOOL_CHOICE_MODE_UNSPECIFIED: ToolChoiceMode
+TOOL_CHOICE_MODE_REQUIRED: ToolChoiceMode
+TOOL_CHOICE_MODE_NONE: ToolChoiceMode
 
 class LoadModelRequest(_message.Message):
     __slots__ = ("instance_id", "model_path", "model_digest", "options")
@@ -62,7 +72,7 @@ class UnloadModelResponse(_message.Message):
     def __init__(self, unloaded: _Optional[bool] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("instance_id", "prompt", "prompt_tokens", "sampling", "grammar", "logprobs", "top_logprobs", "add_bos", "request_id", "json_schema", "truncate")
+    __slots__ = ("instance_id", "prompt", "prompt_tokens", "sampling", "grammar", "logprobs", "top_logprobs", "add_bos", "request_id", "json_schema", "truncate", "constraint", "thinking", "no_shift")
     INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -74,6 +84,9 @@ class GenerateRequest(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     JSON_SCHEMA_FIELD_NUMBER: _ClassVar[int]
     TRUNCATE_FIELD_NUMBER: _ClassVar[int]
+    CONSTRAINT_FIELD_NUMBER: _ClassVar[int]
+    THINKING_FIELD_NUMBER: _ClassVar[int]
+    NO_SHIFT_FIELD_NUMBER: _ClassVar[int]
     instance_id: str
     prompt: str
     prompt_tokens: _containers.RepeatedScalarFieldContainer[int]
@@ -85,7 +98,56 @@ class GenerateRequest(_message.Message):
     request_id: str
     json_schema: str
     truncate: bool
-    def __init__(self, instance_id: _Optional[str] = ..., prompt: _Optional[str] = ..., prompt_tokens: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingOptions, _Mapping]] = ..., grammar: _Optional[str] = ..., logprobs: _Optional[bool] = ..., top_logprobs: _Optional[int] = ..., add_bos: _Optional[bool] = ..., request_id: _Optional[str] = ..., json_schema: _Optional[str] = ..., truncate: _Optional[bool] = ...) -> None: ...
+    constraint: Constraint
+    thinking: ThinkingSpec
+    no_shift: bool
+    def __init__(self, instance_id: _Optional[str] = ..., prompt: _Optional[str] = ..., prompt_tokens: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingOptions, _Mapping]] = ..., grammar: _Optional[str] = ..., logprobs: _Optional[bool] = ..., top_logprobs: _Optional[int] = ..., add_bos: _Optional[bool] = ..., request_id: _Optional[str] = ..., json_schema: _Optional[str] = ..., truncate: _Optional[bool] = ..., constraint: _Optional[_Union[Constraint, _Mapping]] = ..., thinking: _Optional[_Union[ThinkingSpec, _Mapping]] = ..., no_shift: _Optional[bool] = ...) -> None: ...
+
+class Constraint(_message.Message):
+    __slots__ = ("json_schema", "json", "gbnf", "tool_calls")
+    JSON_SCHEMA_FIELD_NUMBER: _ClassVar[int]
+    JSON_FIELD_NUMBER: _ClassVar[int]
+    GBNF_FIELD_NUMBER: _ClassVar[int]
+    TOOL_CALLS_FIELD_NUMBER: _ClassVar[int]
+    json_schema: str
+    json: bool
+    gbnf: str
+    tool_calls: ToolCallSpec
+    def __init__(self, json_schema: _Optional[str] = ..., json: _Optional[bool] = ..., gbnf: _Optional[str] = ..., tool_calls: _Optional[_Union[ToolCallSpec, _Mapping]] = ...) -> None: ...
+
+class ToolSchema(_message.Message):
+    __slots__ = ("name", "parameters_json")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PARAMETERS_JSON_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    parameters_json: str
+    def __init__(self, name: _Optional[str] = ..., parameters_json: _Optional[str] = ...) -> None: ...
+
+class ToolCallSpec(_message.Message):
+    __slots__ = ("mode", "tools", "open_tag", "close_tag", "arguments_key")
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    TOOLS_FIELD_NUMBER: _ClassVar[int]
+    OPEN_TAG_FIELD_NUMBER: _ClassVar[int]
+    CLOSE_TAG_FIELD_NUMBER: _ClassVar[int]
+    ARGUMENTS_KEY_FIELD_NUMBER: _ClassVar[int]
+    mode: ToolChoiceMode
+    tools: _containers.RepeatedCompositeFieldContainer[ToolSchema]
+    open_tag: str
+    close_tag: str
+    arguments_key: str
+    def __init__(self, mode: _Optional[_Union[ToolChoiceMode, str]] = ..., tools: _Optional[_Iterable[_Union[ToolSchema, _Mapping]]] = ..., open_tag: _Optional[str] = ..., close_tag: _Optional[str] = ..., arguments_key: _Optional[str] = ...) -> None: ...
+
+class ThinkingSpec(_message.Message):
+    __slots__ = ("open", "close", "started", "budget_tokens")
+    OPEN_FIELD_NUMBER: _ClassVar[int]
+    CLOSE_FIELD_NUMBER: _ClassVar[int]
+    STARTED_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    open: str
+    close: str
+    started: bool
+    budget_tokens: int
+    def __init__(self, open: _Optional[str] = ..., close: _Optional[str] = ..., started: _Optional[bool] = ..., budget_tokens: _Optional[int] = ...) -> None: ...
 
 class TokenLogprob(_message.Message):
     __slots__ = ("token", "logprob", "bytes")

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from corral.v1 import common_pb2, registry_pb2, runner_pb2
-from services.gateway import formats, inference, options, prompts, tokens
+from services.gateway import formats, inference, options, prompts, tokens, toolchoice
 from services.gateway.backends import Backends
 from services.gateway.errors import HTTPError, bad_request
 from services.gateway.prompts import Prompt, Think
@@ -36,11 +36,43 @@ def parse_think(value: Any) -> Think:
     )
 
 
-def resolve_think(model: registry_pb2.Model, name: str, think: Think, relax: bool = False) -> Think:
-    """Thinking models think by default; others refuse `think` (the Anthropic surface drops it)."""
+LEVELS = ("low", "medium", "high")
+
+
+def think_levels(model: registry_pb2.Model) -> tuple[str, ...]:
+    """The levels a thinking model takes: its template must read one (gpt-oss style: Go
+    `.ThinkLevel` or Jinja `reasoning_effort`); other thinking models are on/off only."""
+    if "ThinkLevel" in model.template or (not model.template and "reasoning_effort" in model.gguf_chat_template):
+        return LEVELS
+    return ()
+
+
+def resolve_think(
+    model: registry_pb2.Model, name: str, think: Think, relax: bool = False, coerce_level: bool = False
+) -> Think:
+    """Thinking models think by default; others refuse `think` (the Anthropic surface drops it).
+    A level the model cannot take is refused, or with `coerce_level` (OpenAI's
+    reasoning_effort) taken as plain on."""
     caps = set(model.capabilities)
     if "thinking" in caps:
-        return think if think.is_set else Think(True, "", False)
+        if not think.is_set:
+            return Think(True, "", False)
+        levels = think_levels(model)
+        if think.level and think.level not in levels:
+            if coerce_level:
+                return Think(True, "", True)
+            if not levels:
+                raise HTTPError(
+                    400,
+                    f'"{name}" does not support think levels (think: "{think.level}"); use true or false',
+                    "invalid_think",
+                )
+            raise HTTPError(
+                400,
+                f'"{name}" does not support think level "{think.level}" (supported: {", ".join(levels)})',
+                "invalid_think",
+            )
+        return think
     if think.enabled:
         if relax:
             return Think()
@@ -77,11 +109,16 @@ class Job:
     format: Any = None
     tools: list[dict[str, Any]] | None = None
     tool_tag: str = "{"
+    tool_choice: toolchoice.ToolChoice = field(default_factory=toolchoice.ToolChoice)
+    tool_format: toolchoice.ToolFormat = field(default_factory=toolchoice.ToolFormat)
+    grammar: str = ""  # raw GBNF; wins over tool_choice and format
+    think_budget: int = 0  # > 0: the runner closes the thinking block after this many tokens
     think: bool = False
     think_tags: tuple[str, str] = ("<think>", "</think>")
     logprobs: bool = False
     top_logprobs: int = 0
     prompt_tokens: list[int] = field(default_factory=list)
+    shift: bool = True  # Ollama's default: a full context shifts rather than stopping
     truncate: bool = True  # Ollama's default: cut the oldest messages, then tokens, rather than fail
     history: tokens.History | None = None  # a chat's messages, re-rendered to drop the oldest
     context: list[int] = field(default_factory=list)  # generate's deprecated context, written first
@@ -112,9 +149,14 @@ def runner_request(job: Job) -> runner_pb2.GenerateRequest:
         logprobs=job.logprobs,
         top_logprobs=job.top_logprobs,
         truncate=job.truncate,
+        no_shift=not job.shift,
     )
-    started = job.think and job.prompt.text.rstrip().endswith(job.think_tags[0])
-    formats.apply(req, formats.constraint(job.format, job.think_tags if job.think else None, started))
+    calls = toolchoice.spec(job.tool_choice, job.tools, job.tool_format)
+    c = formats.constraint(job.format, job.grammar, calls)
+    if c is not None:
+        req.constraint.CopyFrom(c)
+    if job.think:
+        req.thinking.CopyFrom(formats.thinking(job.think_tags, job.prompt.text, job.think_budget))
     return req
 
 
@@ -141,7 +183,8 @@ async def run(backends: Backends, job: Job) -> AsyncGenerator[Event, None]:
         raise bad_request("top_logprobs must be between 0 and 20", "invalid_top_logprobs")
     req = runner_request(job)
     thinker = ThinkingParser(job.think_tags, job.prompt.text) if job.think else None
-    tooler = ToolParser(job.tools, job.tool_tag) if job.tools else None
+    parse_calls = job.tools and job.tool_choice.mode != toolchoice.NONE and not job.grammar
+    tooler = ToolParser(job.tools or [], job.tool_tag) if parse_calls else None
     load_ns = 0
     chunks = inference.generate(
         backends, job.model, req, job.load, job.keep_alive, preparer(job), context=job.return_context
@@ -176,12 +219,16 @@ async def prepare_chat(
     logprobs: bool = False,
     top_logprobs: int = 0,
     relax_think: bool = False,
+    coerce_level: bool = False,
+    tool_choice: toolchoice.ToolChoice | None = None,
+    grammar: str = "",
+    think_budget: int = 0,
 ) -> Job:
     """Resolve, check and render a chat: what every chat-shaped surface needs."""
     model = await inference.resolve(backends, name)
     merged = options.merge(options.model_params(model), request_options)
     check_capabilities(model, name, "chat", tools)
-    resolved = resolve_think(model, name, think or Think(), relax=relax_think)
+    resolved = resolve_think(model, name, think or Think(), relax=relax_think, coerce_level=coerce_level)
     history = tokens.History(
         prompts.with_system(model, messages), functools.partial(prompts.render_chat, model, tools=tools, think=resolved)
     )
@@ -197,6 +244,10 @@ async def prepare_chat(
         format=fmt,
         tools=tools,
         tool_tag=prompts.tool_tag(model),
+        tool_choice=tool_choice or toolchoice.ToolChoice(),
+        tool_format=prompts.tool_format(model),
+        grammar=formats.check_grammar(grammar),
+        think_budget=think_budget if resolved.enabled else 0,
         think=resolved.enabled,
         think_tags=prompts.thinking_tags(model),
         logprobs=logprobs,

@@ -25,6 +25,7 @@ from services.gateway.sandbox import BoundedSandbox
 from services.gateway.templates import TemplateError
 from services.gateway.templates import ollama as gotmpl
 from services.gateway.thinking import DEFAULT_TAGS
+from services.gateway.toolchoice import ToolFormat
 
 MAX_RENDERED_CHARS = 4 * 1024 * 1024
 MAX_RENDER_SECONDS = 2.0
@@ -221,6 +222,18 @@ def tool_tag(model: registry_pb2.Model, template: str | None = None) -> str:
         except TemplateError:
             return "{"
     return "<tool_call>" if "<tool_call>" in model.gguf_chat_template else "{"
+
+
+def tool_format(model: registry_pb2.Model, template: str | None = None) -> ToolFormat:
+    """How the template writes a call: its opening tag, the matching close tag when the
+    template has one (`<tool_call>` … `</tool_call>`), and the arguments key."""
+    source = template or model.template or model.gguf_chat_template
+    tag = tool_tag(model, template)
+    close = ""
+    if tag.startswith("<") and tag.endswith(">") and (end := "</" + tag[1:]) in source:
+        close = end
+    key = "parameters" if '"parameters"' in source and '"arguments"' not in source else "arguments"
+    return ToolFormat(tag, close, key)
 
 
 def thinking_tags(model: registry_pb2.Model, template: str | None = None) -> tuple[str, str]:

@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 
 from corral.errors import CorralError
 from corral.v1 import common_pb2
-from services.runner import context, metrics
+from services.runner import constraints, context, metrics
 from services.runner.context import PROMPT_TOO_LONG
-from services.runner.grammar import Candidates, TokenSampler, exact_subset_k, init_grammar, schema_to_gbnf
+from services.runner.grammar import Candidates, TokenSampler, exact_subset_k, init_grammar, think_budget
 from services.runner.jobs import GenerateSpec, GenEvent, GenStats, Job
 from services.runner.logprobs import PositionLogprobs, position_logprobs
 from services.runner.native import NativeModel
@@ -103,7 +103,7 @@ class Batcher:
         spec = job.spec
         try:
             job.tokens = self._prompt_tokens(spec)
-            job.grammar = schema_to_gbnf(spec.json_schema) if spec.json_schema else spec.grammar
+            job.grammar = constraints.resolve(spec.constraint, spec.thinking, spec.grammar, spec.json_schema).gbnf
         except CorralError as err:
             job.emit(err)
             return
@@ -166,7 +166,8 @@ class Batcher:
             self._cands = Candidates(nm.n_vocab)
         p = job.spec.params
         chain = build_chain(p, nm.vocab, nm.num_ctx)
-        sampler = TokenSampler(chain, grammar, self._cands, exact_subset_k(p))
+        budget = think_budget(job.spec.thinking, nm.piece, lambda t: nm.tokenize(t, False, True))
+        sampler = TokenSampler(chain, grammar, self._cands, exact_subset_k(p), budget)
         slot.seq = Seq(
             job=job,
             sampler=sampler,
@@ -285,7 +286,7 @@ class Batcher:
             seq.out_ids, seq.out_logprobs = [], []
         seq.repeats = seq.repeats + 1 if tok == seq.last_tok else 0
         seq.last_tok = tok
-        full = seq.n_past >= nm.num_ctx and not self._shift_context(slot)
+        full = seq.n_past >= nm.num_ctx and not (seq.job.spec.shift and self._shift_context(slot))
         if seq.repeats >= MAX_REPEATS:  # the 31st identical token in a row
             self._finish(slot, common_pb2.DONE_REASON_STOP)
         elif seq.generated >= seq.limit or full:

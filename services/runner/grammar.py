@@ -17,17 +17,21 @@ than k allowed, the whole vocabulary is filtered.
 from __future__ import annotations
 
 import ctypes
-import json
 import math
+from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import llama_cpp as lc
 import numpy as np
-from llama_cpp.llama_grammar import json_schema_to_gbnf
 
 from corral.errors import CorralError
 from corral.v1 import common_pb2
+from services.runner import llamalog
+from services.runner.constraints import Thinking, schema_to_gbnf
 from services.runner.sampling import SamplingParams
+
+__all__ = ["Candidates", "ThinkBudget", "TokenSampler", "exact_subset_k", "init_grammar", "schema_to_gbnf"]
 
 SUBSET = 1024
 
@@ -40,23 +44,21 @@ def _invalid(msg: str) -> CorralError:
     return CorralError(common_pb2.ERROR_REASON_INVALID_ARGUMENT, msg)
 
 
-def schema_to_gbnf(schema: str) -> str:
-    """JSON Schema text → GBNF (llama-cpp-python's port of llama.cpp's converter)."""
-    try:
-        json.loads(schema)
-    except ValueError as err:
-        raise _invalid(f"json_schema is not valid JSON: {err}") from None
-    try:
-        return json_schema_to_gbnf(schema)
-    except Exception as err:  # the converter raises assorted types on unsupported schemas
-        raise _invalid(f"unsupported json_schema: {err}") from None
-
-
 def init_grammar(vocab: lc.llama_vocab_p, gbnf: str) -> lc.llama_sampler_p:
-    g = lc.llama_sampler_init_grammar(vocab, gbnf.encode(), b"root")
+    with llamalog.capture() as lines:
+        g = lc.llama_sampler_init_grammar(vocab, gbnf.encode(), b"root")
     if not g:
-        raise _invalid("invalid grammar")
+        raise _invalid(f"invalid grammar: {grammar_error(lines)}")
     return g
+
+
+def grammar_error(lines: list[tuple[int, str]]) -> str:
+    """llama.cpp's parse error, without the grammar it echoes after it."""
+    for _lvl, text in lines:
+        for line in text.splitlines():
+            if "error parsing grammar" in line or "parse:" in line or "root" in line:
+                return line.split("error parsing grammar:", 1)[-1].strip().removeprefix("llama_grammar_init_impl: ")
+    return "llama.cpp could not parse it"
 
 
 def exact_subset_k(p: SamplingParams) -> int:
@@ -125,19 +127,97 @@ class Candidates:
         return not math.isinf(one.logit)
 
 
+_LOOKING, _THINKING, _DONE = range(3)
+
+
+class ThinkBudget:
+    """Counts tokens of thought; when `budget_tokens` are spent it hands out the close
+    tag's tokens, so the model writes its answer next (Anthropic's budget_tokens)."""
+
+    def __init__(self, t: Thinking, piece: Callable[[int], bytes], close_tokens: list[int]) -> None:
+        self.open, self.close = t.open, t.close
+        self.left = t.budget_tokens
+        self.state = _THINKING if t.started else _LOOKING
+        self.text = ""
+        self.close_tokens = close_tokens
+        self.forced: deque[int] = deque()
+        self.piece = piece
+        self.thought = 0  # tokens counted as thinking
+        self.closed_by_budget = False
+
+    def pop_forced(self) -> int | None:
+        return self.forced.popleft() if self.forced else None
+
+    def abandon(self) -> None:
+        self.forced.clear()
+
+    def observe(self, tok: int) -> None:
+        if self.state == _DONE:
+            return
+        self.text += self.piece(tok).decode("utf-8", "replace")
+        if self.state == _LOOKING:
+            s = self.text.lstrip()
+            if s.startswith(self.open):
+                self.state, self.text = _THINKING, s[len(self.open) :]
+            elif s and not self.open.startswith(s):
+                self.state = _DONE
+            return
+        self.thought += 1
+        self.left -= 1
+        if self.close in self.text:
+            self.state = _DONE
+            return
+        self.text = self.text[-len(self.close) :]
+        # never cut a close tag the model has started writing
+        partial = any(self.text.endswith(self.close[:k]) for k in range(1, len(self.close)))
+        if self.left <= 0 and not partial:
+            self.forced.extend(self.close_tokens)
+            self.state, self.closed_by_budget = _DONE, True
+
+
+def think_budget(
+    t: Thinking | None, piece: Callable[[int], bytes], tokenize: Callable[[str], list[int]]
+) -> ThinkBudget | None:
+    if t is None or t.budget_tokens <= 0 or not t.close:
+        return None
+    return ThinkBudget(t, piece, tokenize(t.close))
+
+
 class TokenSampler:
-    """A sequence's sampler chain plus optional grammar; `free()` releases both."""
+    """A sequence's sampler chain plus optional grammar and thinking budget; `free()` releases both samplers."""
 
     def __init__(
-        self, chain: lc.llama_sampler_p, grammar: lc.llama_sampler_p | None, cands: Candidates | None, subset_k: int = 0
+        self,
+        chain: lc.llama_sampler_p,
+        grammar: lc.llama_sampler_p | None,
+        cands: Candidates | None,
+        subset_k: int = 0,
+        budget: ThinkBudget | None = None,
     ) -> None:
         self.chain = chain
         self.grammar = grammar
         self._cands = cands
         self._subset_k = subset_k
+        self.budget = budget
         self.rejections = 0  # how often the fast path fell back (benchmarks read it)
 
     def sample(self, ctx: Any, row: int) -> int:
+        if self.budget is None:
+            return self._sample(ctx, row)
+        forced = self.budget.pop_forced()
+        if forced is not None:
+            g, cands = self.grammar, self._cands
+            if g is None or (cands is not None and cands.allowed(g, forced)):
+                if g is not None:
+                    lc.llama_sampler_accept(g, forced)
+                lc.llama_sampler_accept(self.chain, forced)
+                return forced
+            self.budget.abandon()  # the grammar cannot take the tag here: let the model go on
+        tok = self._sample(ctx, row)
+        self.budget.observe(tok)
+        return tok
+
+    def _sample(self, ctx: Any, row: int) -> int:
         if self.grammar is None:
             return int(lc.llama_sampler_sample(self.chain, ctx, row))  # applies and accepts in C
         cands, g = self._cands, self.grammar

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from corral.errors import CorralError
+from services.runner.constraints import Constraint, Thinking
 from services.runner.logprobs import PositionLogprobs
 from services.runner.sampling import SamplingParams
 
@@ -44,9 +45,12 @@ class GenerateSpec:
     params: SamplingParams = field(default_factory=SamplingParams)
     grammar: str = ""  # GBNF; empty = none
     json_schema: str = ""  # converted to GBNF on the owner thread; wins over grammar
+    constraint: Constraint | None = None  # wins over both (constraints.resolve)
+    thinking: Thinking | None = None  # the thinking block that may open the output
     logprobs: bool = False
     top_logprobs: int = 0  # clamped to 0-20; > 0 implies logprobs
     truncate: bool = False  # cut a too-long prompt (keeping num_keep) instead of refusing it
+    shift: bool = True  # when the context fills: shift it (True) or stop with LENGTH
     request_id: str = ""
 
 
@@ -58,7 +62,7 @@ class Job:
     emit: Emit
     cancelled: bool = False
     tokens: list[int] = field(default_factory=list)  # resolved on the owner thread
-    grammar: str = ""  # GBNF resolved on the owner thread: json_schema's, else spec.grammar
+    grammar: str = ""  # GBNF resolved on the owner thread (constraints.resolve)
     # Read for every sampled token, so resolved once here.
     logprobs: bool = field(init=False)
     top_logprobs: int = field(init=False)

@@ -11,6 +11,7 @@ import grpc
 from corral.errors import CorralError
 from corral.v1 import common_pb2, runner_pb2, runner_pb2_grpc
 from services.runner import metrics
+from services.runner.constraints import Constraint, Thinking, ToolCalls, ToolSpec
 from services.runner.core import InstanceState, Runner
 from services.runner.devices import DeviceInfo
 from services.runner.embed import EmbedInput
@@ -102,8 +103,42 @@ def generate_spec(req: runner_pb2.GenerateRequest) -> GenerateSpec:
         logprobs=req.logprobs,
         top_logprobs=req.top_logprobs,
         truncate=req.truncate,
+        shift=not req.no_shift,
         request_id=req.request_id,
+        constraint=constraint(req.constraint) if req.HasField("constraint") else None,
+        thinking=thinking(req.thinking) if req.HasField("thinking") else None,
     )
+
+
+_TOOL_MODES = {runner_pb2.TOOL_CHOICE_MODE_REQUIRED: "required", runner_pb2.TOOL_CHOICE_MODE_NONE: "none"}
+
+
+def constraint(c: runner_pb2.Constraint) -> Constraint | None:
+    kind = c.WhichOneof("kind")
+    if kind == "json_schema":
+        return Constraint(json_schema=c.json_schema)
+    if kind == "json":
+        return Constraint(json=c.json)
+    if kind == "gbnf":
+        return Constraint(gbnf=c.gbnf)
+    if kind == "tool_calls":
+        t = c.tool_calls
+        if t.mode not in _TOOL_MODES:
+            raise CorralError(common_pb2.ERROR_REASON_INVALID_ARGUMENT, "tool_calls needs a mode")
+        return Constraint(
+            tool_calls=ToolCalls(
+                mode=_TOOL_MODES[t.mode],
+                tools=tuple(ToolSpec(x.name, x.parameters_json) for x in t.tools),
+                open_tag=t.open_tag,
+                close_tag=t.close_tag,
+                arguments_key=t.arguments_key or "arguments",
+            )
+        )
+    return None
+
+
+def thinking(t: runner_pb2.ThinkingSpec) -> Thinking:
+    return Thinking(open=t.open, close=t.close, started=t.started, budget_tokens=t.budget_tokens)
 
 
 def memory_pb(m: MemoryUsage) -> runner_pb2.MemoryUsage:

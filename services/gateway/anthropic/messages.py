@@ -10,7 +10,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from services.gateway import pipeline
+from services.gateway import pipeline, toolchoice
 from services.gateway.errors import anthropic_body, bad_request
 from services.gateway.http import collect, parse_json
 from services.gateway.native.common import DONE_REASONS
@@ -123,6 +123,17 @@ def _think(body: dict[str, Any]) -> Any:
     return None
 
 
+def _budget(body: dict[str, Any]) -> int:
+    """thinking.budget_tokens, enforced: the runner closes the thinking block after that many tokens."""
+    thinking = body.get("thinking") or {}
+    if thinking.get("type") != "enabled" or thinking.get("budget_tokens") is None:
+        return 0
+    budget = thinking["budget_tokens"]
+    if not isinstance(budget, int) or isinstance(budget, bool) or budget < 1:
+        raise bad_request("thinking.budget_tokens must be a positive integer")
+    return budget
+
+
 def _stop_reason(ev: pipeline.Event, had_tools: bool) -> str:
     if had_tools:
         return "tool_use"
@@ -153,6 +164,9 @@ async def messages(request: Request) -> Response:
         request_options=_options(body),
         think=pipeline.parse_think(_think(body)),
         relax_think=True,
+        coerce_level=True,
+        tool_choice=toolchoice.from_anthropic(body.get("tool_choice")),
+        think_budget=_budget(body),
     )
     mid, model = "msg_" + secrets.token_hex(12), body["model"]
     stream = pipeline.run(backends, job)

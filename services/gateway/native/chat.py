@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict
 
-from services.gateway import inference, options, pipeline
+from services.gateway import inference, options, pipeline, toolchoice
 from services.gateway.errors import bad_request
 from services.gateway.http import collect, json_response, ndjson_stream, now_rfc3339, parse_body
 from services.gateway.native.common import keep_alive, metrics
@@ -30,7 +30,10 @@ class ChatRequest(BaseModel):
     options: dict[str, Any] | None = None
     keep_alive: float | str | None = None
     think: Any = None
+    tool_choice: Any = None  # beyond Ollama: OpenAI's spelling, enforced by grammar
+    grammar: str | None = None  # beyond Ollama: raw GBNF (llama-server's `grammar`)
     truncate: bool = True
+    shift: bool = True
     logprobs: bool = False
     top_logprobs: int = 0
 
@@ -126,8 +129,10 @@ async def chat(request: Request) -> Response:
         keep_alive=ka,
         logprobs=req.logprobs,
         top_logprobs=req.top_logprobs,
+        tool_choice=toolchoice.from_openai(req.tool_choice),
+        grammar=req.grammar or "",
     )
-    job.truncate = req.truncate
+    job.truncate, job.shift = req.truncate, req.shift
     runner_stream = pipeline.run(backends, job)
 
     async def chunks() -> AsyncGenerator[dict[str, Any], None]:

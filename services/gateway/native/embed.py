@@ -41,7 +41,11 @@ class EmbeddingsRequest(BaseModel):
 
 
 def normalize(vec: list[float], dimensions: int = 0) -> list[float]:
-    """L2-normalise, after cutting to `dimensions` when that is smaller."""
+    """L2-normalise, after cutting to `dimensions`; more dimensions than the model has is a 400."""
+    if dimensions > len(vec):
+        raise HTTPError(
+            400, f"dimensions {dimensions} is larger than the model's embedding size {len(vec)}", "invalid_dimensions"
+        )
     if 0 < dimensions < len(vec):
         vec = vec[:dimensions]
     if any(math.isnan(x) or math.isinf(x) for x in vec):

@@ -12,7 +12,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict
 
 from corral.v1 import runner_pb2
-from services.gateway import inference, options, pipeline, prompts
+from services.gateway import formats, inference, options, pipeline, prompts
 from services.gateway.errors import bad_request
 from services.gateway.http import collect, json_response, ndjson_stream, now_rfc3339, parse_body
 from services.gateway.native.common import keep_alive, metrics
@@ -37,7 +37,9 @@ class GenerateRequest(BaseModel):
     options: dict[str, Any] | None = None
     keep_alive: float | str | None = None
     think: Any = None
+    grammar: str | None = None  # beyond Ollama: raw GBNF (llama-server's `grammar`)
     truncate: bool = True
+    shift: bool = True
     logprobs: bool = False
     top_logprobs: int = 0
 
@@ -108,11 +110,13 @@ async def generate(request: Request) -> Response:
         load=load,
         keep_alive=ka,
         format=req.format,
+        grammar=formats.check_grammar(req.grammar),
         think=think.enabled and not req.raw,
         think_tags=prompts.thinking_tags(model, req.template),
         logprobs=req.logprobs,
         top_logprobs=req.top_logprobs,
         truncate=req.truncate,
+        shift=req.shift,
         context=context,
         return_context=not req.raw,  # Ollama returns no context in raw mode
     )

@@ -10,7 +10,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from services.gateway import pipeline
+from services.gateway import pipeline, toolchoice
 from services.gateway.errors import bad_request, openai_body
 from services.gateway.http import collect, parse_json
 from services.gateway.native.common import keep_alive
@@ -147,6 +147,9 @@ async def chat_completions(request: Request) -> Response:
         keep_alive=keep_alive(body.get("keep_alive")),
         logprobs=bool(body.get("logprobs")) or top > 0,
         top_logprobs=top,
+        coerce_level=True,
+        tool_choice=toolchoice.from_openai(body.get("tool_choice")),
+        grammar=body.get("grammar") or "",
     )
     cid, created, model = common.new_id("chatcmpl"), int(time.time()), body["model"]
     base = {"id": cid, "created": created, "model": model, "system_fingerprint": "fp_ollama"}
