@@ -54,6 +54,20 @@ def _offset(ptr: Any, start: int) -> Any:
     return ctypes.cast(addr + start * ctypes.sizeof(ptr._type_), type(ptr))
 
 
+def _cpu_has_amx() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any(line.startswith("flags") and "amx_int8" in line for line in f)
+    except OSError:
+        return False
+
+
+# llama.cpp 0.3.36's AMX weight repacking (an "extra buffer type") segfaults in
+# llama_decode on CPUs with AMX (seen with Gemma 3 on a Sapphire Rapids VM) and counts
+# the weights twice; other CPUs keep the repacking.
+USE_EXTRA_BUFTS = not _cpu_has_amx()
+
+
 def _load_failed(msg: str) -> CorralError:
     return CorralError(common_pb2.ERROR_REASON_LOAD_FAILED, msg)
 
@@ -169,6 +183,7 @@ class NativeModel:
         spec = self.spec
         mp = lc.llama_model_default_params()
         mp.n_gpu_layers = 0x7FFFFFFF if spec.num_gpu < 0 else spec.num_gpu
+        mp.use_extra_bufts = USE_EXTRA_BUFTS
         self._tensor_split = set_placement(mp, spec)  # kept on self: llama.cpp reads it during the load
         if spec.use_mmap is not None:
             mp.load_mode = lc.LLAMA_LOAD_MODE_MMAP if spec.use_mmap else lc.LLAMA_LOAD_MODE_NONE
