@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
+
+from corral.errors import CorralError
 from services.runner.promptcache import PromptCache, common_prefix
 from services.runner.speculate import MAX_DRAFT, MISS_PAUSE, DraftLength, NgramIndex
 
@@ -65,7 +68,7 @@ def test_cache_lookup_picks_the_longest_prefix_of_its_owner() -> None:
     c = PromptCache(1 << 20)
     c.put("a", list(range(100)), b"x" * 10)
     c.put("a", list(range(50)) + [7] * 60, b"y" * 10, prefixes_serve=False)
-    hit = c.lookup("a", list(range(80)) + [1, 2], at_least=10)
+    hit = c.lookup("a", [*range(80), 1, 2], at_least=10)
     assert hit is not None and hit[1] == 80 and hit[0].data == b"x" * 10
     assert c.lookup("b", list(range(80)), at_least=10) is None  # another load never sees it
     assert c.lookup("a", [9, 9, 9], at_least=0) is None
@@ -96,3 +99,13 @@ def test_cache_supersedes_prefixes_only_without_a_sliding_window() -> None:
     assert len(c) == 2  # with a window, a snapshot serves only its own end
     c.drop_owner("a")
     assert len(c) == 0 and c.used == 0
+
+
+def test_the_speculative_option_reaches_the_sampling_params() -> None:
+    from services.gateway.options import to_sampling
+    from services.runner.sampling import SamplingParams
+
+    assert SamplingParams.from_proto(to_sampling({})).speculative is True  # on by default
+    assert SamplingParams.from_proto(to_sampling({"speculative": False})).speculative is False
+    with pytest.raises(CorralError):
+        to_sampling({"speculative": "no"})
