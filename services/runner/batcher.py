@@ -259,11 +259,17 @@ class Batcher:
         if keep >= len(slot.cached):
             return
         if self.cache is not None and len(slot.cached) - keep >= MIN_PREFIX:
-            self.cache.put(self.owner, slot.cached, self.nm.state_seq_get(slot.id), self.nm.n_swa <= 0)
+            self._save(slot.id, slot.cached)
         if keep == 0 or not self.nm.seq_rm(slot.id, keep):
             self.nm.seq_rm(slot.id)
             keep = 0
         slot.cached = slot.cached[:keep]
+
+    def _save(self, seq_id: int, tokens: list[int]) -> None:
+        assert self.cache is not None
+        data = self.nm.state_seq_get(seq_id, self.cache.budget)
+        if data is not None:
+            self.cache.put(self.owner, tokens, data, prefixes_serve=self.nm.n_swa <= 0)
 
     def _resolve_follow(self, slot: Slot) -> bool:
         """For a sequence waiting on a donor: copies the shared prefix once the donor has
@@ -283,7 +289,7 @@ class Batcher:
             seq.prompt_done = seq.n_past = seq.cached = n
             self.shared_tokens += n
             if self.cache is not None:  # the shared prefix alone, exactly: what the next request needs
-                self.cache.put(self.owner, toks[:n], self.nm.state_seq_get(slot.id), self.nm.n_swa <= 0)
+                self._save(slot.id, toks[:n])
         return True
 
     def step(self) -> None:

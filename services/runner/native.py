@@ -390,9 +390,12 @@ class NativeModel:
         """Shares src's KV cells in [p0, p1) with dst (unified KV: metadata only, no copy)."""
         lc.llama_memory_seq_cp(self.mem, src, dst, p0, p1)
 
-    def state_seq_get(self, seq_id: int) -> bytes:
-        """A snapshot of one sequence's KV (what llama_state_seq_set_data restores)."""
+    def state_seq_get(self, seq_id: int, max_bytes: int = 1 << 62) -> bytes | None:
+        """A snapshot of one sequence's KV (what llama_state_seq_set_data restores);
+        None if it would exceed max_bytes."""
         size = lc.llama_state_seq_get_size(self.ctx, seq_id)
+        if size > max_bytes:
+            return None
         buf = (ctypes.c_uint8 * size)()
         n = lc.llama_state_seq_get_data(self.ctx, buf, size, seq_id)
         return bytes(memoryview(buf)[:n])

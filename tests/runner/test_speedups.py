@@ -69,12 +69,12 @@ async def test_speculative_output_equals_plain_greedy_on_20_prompts(inst: Instan
     # One at a time: CPU kernels are not batch-invariant (docs/runner.md), so concurrent
     # requests would compare batch shapes rather than speculation.
     for prompt in prompts:
-        s = await collect(inst.generate(greedy(prompt, 20)))
-        p = await collect(inst.generate(greedy(prompt, 20, speculative=False)))
+        s = await collect(inst.generate(greedy(prompt, 16)))
+        p = await collect(inst.generate(greedy(prompt, 16, speculative=False)))
         assert s.token_ids == p.token_ids
         assert s.text == p.text
-        assert s.last.stats is not None and s.last.stats.eval_count == len(s.token_ids) == 20
-    assert inst.batcher.draft_accepted - accepted > 100  # drafts were really verified and kept
+        assert s.last.stats is not None and s.last.stats.eval_count == len(s.token_ids) == 16
+    assert inst.batcher.draft_accepted - accepted > 80  # drafts were really verified and kept
 
 
 SYSTEM = turn(
