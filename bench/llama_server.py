@@ -20,6 +20,8 @@ from pathlib import Path
 
 import httpx
 
+from services.runner.native import cpu_has_amx
+
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / ".cache" / "llama-server"
 VERSION = "0.3.36"
@@ -56,6 +58,8 @@ def serve(
     args += ["-t", str(threads), "-tb", str(threads), "-c", str(num_ctx * parallel), "-np", str(parallel), "-kvu"]
     args += ["-b", "512", "-ub", "512", "-fa", "on" if flash_attn else "off", "-ctk", "f16", "-ctv", "f16"]
     args += ["--no-webui", "--metrics"]
+    if cpu_has_amx():
+        args += ["--no-repack"]  # as the runner: AMX repacking crashes llama.cpp 0.3.36
     with log.open("wb") as out:
         proc = subprocess.Popen(args, stdout=out, stderr=out)
     url = f"http://127.0.0.1:{port}"

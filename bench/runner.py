@@ -49,6 +49,7 @@ class Trace:
     t_send: float
     stamps: list[float] = field(default_factory=list)
     tokens: int = 0
+    text: str = ""
 
     @property
     def ttft(self) -> float:
@@ -76,7 +77,7 @@ class Corral(System):
 
     async def generate(self, client: httpx.AsyncClient, prompt: str, n: int, **extra: Any) -> Trace:
         opts = {"num_predict": n, "num_ctx": NUM_CTX, "num_thread": self.threads, "temperature": 0}
-        opts |= {k: v for k, v in extra.items() if k in ("temperature", "seed")}
+        opts |= {k: v for k, v in extra.items() if k in ("temperature", "seed", "speculative")}
         body: dict[str, Any] = {"model": "bench", "prompt": prompt, "raw": True, "options": opts}
         if "schema" in extra:
             body["format"] = extra["schema"]
@@ -88,6 +89,7 @@ class Corral(System):
                 msg = json.loads(line)
                 if msg.get("response"):
                     tr.stamps.append(time.perf_counter())
+                    tr.text += msg["response"]
                 if msg.get("done"):
                     tr.tokens = int(msg.get("eval_count", 0))
                 if "error" in msg:

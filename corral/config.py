@@ -81,6 +81,11 @@ VARS: tuple[Var, ...] = (
         "Where a runner that cannot see the model store keeps the blobs it fetched from the registry.",
     ),
     Var("CORRAL_HEARTBEAT_INTERVAL", "2s", "How often runners send heartbeats."),
+    Var(
+        "CORRAL_CACHE_RAM",
+        "2048",
+        "MiB of host memory a runner keeps prompt KV snapshots in, across requests and models; 0 = off.",
+    ),
     Var("CORRAL_RUNNER_TIMEOUT", "10s", "A runner silent for this long is considered gone."),
     Var(
         "CORRAL_LEASE_IDLE_TIMEOUT",
@@ -205,6 +210,7 @@ class Settings:
     runner_device: str
     runner_id: str
     runner_cache: Path
+    cache_ram_mib: int
     heartbeat_interval_seconds: float
     runner_timeout_seconds: float
     runtime_dir: str
@@ -239,6 +245,7 @@ class Settings:
             runner_device=raw("CORRAL_RUNNER_DEVICE", env),
             runner_id=raw("CORRAL_RUNNER_ID", env),
             runner_cache=Path(raw("CORRAL_RUNNER_CACHE", env)).expanduser(),
+            cache_ram_mib=max(0, _int("CORRAL_CACHE_RAM", env)),
             heartbeat_interval_seconds=parse_keep_alive(raw("CORRAL_HEARTBEAT_INTERVAL", env), env_style=True),
             runner_timeout_seconds=parse_keep_alive(raw("CORRAL_RUNNER_TIMEOUT", env), env_style=True),
             runtime_dir=raw("CORRAL_RUNTIME_DIR", env),

@@ -34,6 +34,7 @@ SAMPLING: dict[str, str] = {
     "seed": _INT,
     "num_predict": _INT,
     "num_keep": _INT,
+    "speculative": _BOOL,
 }
 LOAD: dict[str, str] = {
     "num_ctx": _INT,

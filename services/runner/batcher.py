@@ -27,7 +27,9 @@ from services.runner.grammar import Candidates, TokenSampler, exact_subset_k, in
 from services.runner.jobs import GenerateSpec, GenEvent, GenStats, Job
 from services.runner.logprobs import PositionLogprobs, position_logprobs
 from services.runner.native import NativeModel
+from services.runner.promptcache import MIN_PREFIX, PromptCache
 from services.runner.sampling import build_chain
+from services.runner.speculate import DraftLength, NgramIndex
 from services.runner.textstream import TextStream
 
 log = logging.getLogger(__name__)
@@ -39,6 +41,7 @@ PREDICT_FACTOR = 10  # unset num_predict is bounded to 10 x num_ctx
 # stretches the running streams' inter-token gap much beyond it.
 TARGET_STEP_S = 0.2
 MIN_CHUNK = 16
+MIN_SHARE = 16  # a shared prefix shorter than this is re-evaluated rather than copied
 
 
 @dataclass
@@ -59,6 +62,14 @@ class Seq:
     repeats: int = 0
     t_first: int = 0
     out_logprobs: list[PositionLogprobs] = field(default_factory=list)
+    # Speculative decoding: the history's n-grams, the adaptive draft length, and the
+    # tokens drafted in the current step (decoded right after `pending`).
+    ngrams: NgramIndex | None = None
+    draft_len: DraftLength = field(default_factory=DraftLength)
+    draft: list[int] = field(default_factory=list)
+    # Waiting for another sequence to evaluate a shared prompt prefix: (donor, donor's
+    # job, prefix length); the prefix is then copied instead of evaluated again.
+    follow: tuple[Slot, Job, int] | None = None
 
 
 @dataclass
@@ -78,8 +89,14 @@ def common_prefix(a: list[int], b: list[int]) -> int:
 
 
 class Batcher:
-    def __init__(self, nm: NativeModel) -> None:
+    def __init__(self, nm: NativeModel, cache: PromptCache | None = None, owner: str = "") -> None:
+        """`cache` keeps prompt KV snapshots across requests under `owner`, this load's identity."""
         self.nm = nm
+        self.cache = cache if cache is not None and cache.enabled else None
+        self.owner = owner
+        self.shared_tokens = 0  # prompt tokens copied from another sequence or the cache (tests read it)
+        self.drafted = 0
+        self.draft_accepted = 0
         self.slots = [Slot(i) for i in range(nm.num_parallel)]
         self.waiting: deque[Job] = deque()
         self._order = itertools.count()
@@ -146,29 +163,22 @@ class Batcher:
             self._start(slot, job)
 
     def _start(self, slot: Slot, job: Job) -> None:
-        nm, toks = self.nm, job.tokens
-        keep = min(common_prefix(slot.cached, toks), len(toks) - 1)  # re-decode >= 1 token
-        if keep > 0 and nm.n_swa > 0 and nm.seq_pos_min(slot.id) > max(0, keep - nm.n_swa):
-            keep = 0  # the sliding window no longer holds what the suffix must attend to
-        if keep > 0 and not nm.seq_rm(slot.id, keep):
-            keep = 0
-        if keep == 0:
-            nm.seq_rm(slot.id)
-        slot.cached = slot.cached[:keep]
         grammar = None
         try:
             if job.grammar:
-                grammar = init_grammar(nm.vocab, job.grammar)
+                grammar = init_grammar(self.nm.vocab, job.grammar)
         except CorralError as err:
             job.emit(err)
             return
+        nm = self.nm
+        keep, follow = self._reuse_prefix(slot, job.tokens)
         if grammar is not None and self._cands is None:
             self._cands = Candidates(nm.n_vocab)
         p = job.spec.params
         chain = build_chain(p, nm.vocab, nm.num_ctx)
         budget = think_budget(job.spec.thinking, nm.piece, lambda t: nm.tokenize(t, False, True))
         sampler = TokenSampler(chain, grammar, self._cands, exact_subset_k(p), budget)
-        slot.seq = Seq(
+        seq = Seq(
             job=job,
             sampler=sampler,
             order=next(self._order),
@@ -178,31 +188,159 @@ class Batcher:
             cached=keep,
             text=TextStream(p.stop),
             t_start=time.perf_counter_ns(),
+            follow=follow,
         )
+        if p.speculative:
+            seq.ngrams = NgramIndex()
+            seq.ngrams.extend(job.tokens)
+        slot.seq = seq
+
+    # --- prefix sharing ---
+
+    def _window_ok(self, seq_id: int, keep: int) -> bool:
+        """With a sliding window (swa_full off), the window layers hold only the newest
+        n_swa positions: a prefix of `keep` tokens is usable only if they still hold what
+        position `keep` attends to (llama-server's check)."""
+        return self.nm.n_swa <= 0 or self.nm.seq_pos_min(seq_id) <= max(0, keep - self.nm.n_swa)
+
+    def _reuse_prefix(self, slot: Slot, toks: list[int]) -> tuple[int, tuple[Slot, Job, int] | None]:
+        """Puts the longest usable KV prefix of `toks` into the slot's sequence: its own
+        cached tokens, another sequence's (llama_memory_seq_cp) or a host cache snapshot.
+        Returns the tokens kept, and a sequence still evaluating a longer shared prefix to
+        wait for. At least the last prompt token is always evaluated (its logits)."""
+        nm, limit = self.nm, len(toks) - 1
+        own = min(common_prefix(slot.cached, toks), limit)
+        if own > 0 and not self._window_ok(slot.id, own):
+            own = 0
+        best, donor = own, None
+        for other in self.slots:
+            if other is slot:
+                continue
+            n = min(common_prefix(other.cached, toks), limit)
+            if n >= best + MIN_SHARE and self._window_ok(other.id, n):
+                best, donor = n, other
+        entry = None
+        if self.cache is not None:
+            hit = self.cache.lookup(self.owner, toks, at_least=max(best + MIN_SHARE, MIN_PREFIX) - 1)
+            # A snapshot's window layers hold its last n_swa positions only: with a sliding
+            # window it serves a prompt that extends it whole (or one shorter than the window).
+            if hit is not None and (nm.n_swa <= 0 or hit[1] >= len(hit[0].tokens) or len(hit[0].tokens) <= nm.n_swa):
+                entry, best, donor = hit[0], min(hit[1], limit), None
+        follow = None
+        for other in self.slots:  # a sequence now evaluating a longer prefix of this prompt
+            o = other.seq
+            if other is slot or o is None or o.prompt_done >= len(o.job.tokens):
+                continue
+            n = min(common_prefix(o.job.tokens, toks), limit)
+            if n >= max(best, o.prompt_done) + MIN_SHARE:
+                follow = (other, o.job, n)
+                best = n
+        if follow is not None:
+            self._evict(slot, 0)
+            return 0, follow
+        if donor is None and entry is None:
+            self._evict(slot, own)
+            return own, None
+        self._evict(slot, 0)
+        if donor is not None:
+            nm.seq_cp(donor.id, slot.id, 0, best)
+        else:
+            assert entry is not None
+            if not nm.state_seq_set(slot.id, entry.data):
+                nm.seq_rm(slot.id)
+                slot.cached = []
+                return 0, None
+            nm.seq_rm(slot.id, best)
+            if not self._window_ok(slot.id, best):
+                nm.seq_rm(slot.id)
+                return 0, None
+        slot.cached = toks[:best]
+        self.shared_tokens += best
+        return best, None
+
+    def _evict(self, slot: Slot, keep: int) -> None:
+        """Drops the slot's KV after `keep` tokens, first saving what is lost to the host
+        cache (llama-server saves a slot's prompt before overwriting it)."""
+        if keep >= len(slot.cached):
+            return
+        if self.cache is not None and len(slot.cached) - keep >= MIN_PREFIX:
+            self._save(slot.id, slot.cached)
+        if keep == 0 or not self.nm.seq_rm(slot.id, keep):
+            self.nm.seq_rm(slot.id)
+            keep = 0
+        slot.cached = slot.cached[:keep]
+
+    def _save(self, seq_id: int, tokens: list[int]) -> None:
+        assert self.cache is not None
+        data = self.nm.state_seq_get(seq_id, self.cache.budget)
+        if data is not None:
+            self.cache.put(self.owner, tokens, data, prefixes_serve=self.nm.n_swa <= 0)
+
+    def _resolve_follow(self, slot: Slot) -> bool:
+        """For a sequence waiting on a donor: copies the shared prefix once the donor has
+        evaluated it. False while it must still wait."""
+        seq = slot.seq
+        assert seq is not None and seq.follow is not None
+        donor, job, n = seq.follow
+        d = donor.seq
+        if d is not None and d.job is job and d.prompt_done < n:
+            return False  # still on its way to the boundary
+        seq.follow = None
+        toks = seq.job.tokens
+        if common_prefix(donor.cached, toks) >= n and self._window_ok(donor.id, n):
+            self.nm.seq_rm(slot.id)
+            self.nm.seq_cp(donor.id, slot.id, 0, n)
+            slot.cached = toks[:n]
+            seq.prompt_done = seq.n_past = seq.cached = n
+            self.shared_tokens += n
+            if self.cache is not None:  # the shared prefix alone, exactly: what the next request needs
+                self._save(slot.id, toks[:n])
+        return True
 
     def step(self) -> None:
         nm = self.nm
         busy = [s for s in self.slots if s.seq is not None]
+        for slot in busy:  # before this step adds anything: donors' KV is what was decoded
+            if slot.seq is not None and slot.seq.follow is not None:
+                self._resolve_follow(slot)
         rows: list[tuple[Slot, int, int]] = []  # slot, end row (exclusive), output row (-1: none)
         n = 0
+        drafts = nm.n_outputs_max - len(busy)  # output rows left for drafted tokens
         for slot in busy:
             seq = slot.seq
             assert seq is not None
             if seq.pending is not None:
+                draft = self._draft(seq, min(drafts, nm.n_batch - len(busy) - n))
+                drafts -= len(draft)
                 nm.batch_add(n, seq.pending, seq.n_past, slot.id, True)
+                for j, tok in enumerate(draft):
+                    nm.batch_add(n + 1 + j, tok, seq.n_past + 1 + j, slot.id, True)
                 slot.cached.append(seq.pending)
-                rows.append((slot, n + 1, n))
-                seq.pending, seq.n_past, n = None, seq.n_past + 1, n + 1
+                seq.draft = draft
+                rows.append((slot, n + 1 + len(draft), n))
+                seq.pending, seq.n_past, n = None, seq.n_past + 1, n + 1 + len(draft)
         budget = nm.n_batch - n if n == 0 else self._prompt_budget(n)
         prefill = sorted(
             (s for s in busy if s.seq is not None and s.seq.prompt_done < len(s.seq.job.tokens)),
             key=lambda s: s.seq.order if s.seq else 0,
         )
+        # Where donors must pause so followers can copy exactly the shared prefix.
+        stops: dict[int, int] = {}
         for slot in prefill:
             seq = slot.seq
             assert seq is not None
+            if seq.follow is not None:
+                donor, _job, at = seq.follow
+                stops[donor.id] = min(stops.get(donor.id, at), at)
+        for slot in prefill:
+            seq = slot.seq
+            assert seq is not None
+            if seq.follow is not None:  # its donor has not evaluated the shared prefix yet
+                continue
             toks = seq.job.tokens
-            take = min(budget, len(toks) - seq.prompt_done)
+            end = stops.get(slot.id, len(toks))
+            end = end if end > seq.prompt_done else len(toks)
+            take = min(budget, end - seq.prompt_done)
             if take <= 0:
                 break
             out = -1
@@ -218,6 +356,13 @@ class Batcher:
             rows.append((slot, n, out))
         if n:
             self._decode(rows, n)
+
+    def _draft(self, seq: Seq, room: int) -> list[int]:
+        """Tokens proposed after `pending` from the sequence's own history (prompt lookup)."""
+        if seq.ngrams is None or room <= 0:
+            return []
+        k = min(seq.draft_len.next_k(), room, seq.limit - seq.generated - 1, self.nm.num_ctx - seq.n_past - 2)
+        return seq.ngrams.draft(k) if k > 0 else []
 
     def _prompt_budget(self, n_gen: int) -> int:
         """Prompt tokens to add next to n_gen generating rows (chunked prefill)."""
@@ -238,7 +383,7 @@ class Batcher:
     def _decode_views(self, rows: list[tuple[Slot, int, int]], n: int) -> None:
         start, view = 0, n
         while start < n:
-            m = min(view, n - start)
+            m = self._cut(rows, start, min(view, n - start))
             rc = self.nm.decode(m, start)
             if rc == 1 and m > 1:
                 view = max(1, m // 2)
@@ -249,8 +394,20 @@ class Batcher:
                 return
             for slot, _end, out in rows:
                 if start <= out < start + m and slot.seq is not None:
-                    self._sample(slot, out - start)
+                    if slot.seq.draft:
+                        self._verify(slot, out - start)
+                    else:
+                        self._sample(slot, out - start)
             start += m
+
+    @staticmethod
+    def _cut(rows: list[tuple[Slot, int, int]], start: int, m: int) -> int:
+        """Shrinks a view [start, start + m) so that it does not split a sequence's pending
+        token from its drafted tokens (they are verified together); at least one span."""
+        for slot, end, out in rows:
+            if start <= out < start + m < end and slot.seq is not None and slot.seq.draft:
+                return out - start if out > start else end - start
+        return m
 
     def _decode_failed(self, failed: list[Slot], rc: int) -> None:
         """Fails the sequences not yet decoded; their KV may be partial, so it goes."""
@@ -260,6 +417,29 @@ class Batcher:
             if slot.seq is not None:
                 slot.seq.job.emit(err)
                 self._release(slot, clear_kv=True)
+
+    def _verify(self, slot: Slot, row: int) -> None:
+        """Samples the rows of the pending token and its draft in order and keeps the drafted
+        tokens the sampler itself picks. Each row is sampled exactly as without a draft (same
+        chain, same logits given the same prefix, one draw per token), so the output is the
+        one plain decoding gives, greedy or sampled; rejected tokens leave the KV."""
+        seq = slot.seq
+        assert seq is not None
+        draft, seq.draft = seq.draft, []
+        base = seq.n_past  # position of draft[0]
+        accepted = 0
+        for j in range(len(draft) + 1):
+            self._sample(slot, row + j)
+            if slot.seq is not seq or j == len(draft) or seq.pending != draft[j]:
+                break
+            slot.cached.append(draft[j])  # its KV is in place: it becomes part of the sequence
+            seq.pending = None
+            seq.n_past += 1
+            accepted += 1
+        self.nm.seq_rm(slot.id, base + accepted)
+        seq.draft_len.update(len(draft), accepted)
+        self.drafted += len(draft)
+        self.draft_accepted += accepted
 
     def _sample(self, slot: Slot, row: int) -> None:
         nm, seq = self.nm, slot.seq
@@ -293,6 +473,8 @@ class Batcher:
             self._finish(slot, common_pb2.DONE_REASON_LENGTH)
         else:
             seq.pending = tok
+            if seq.ngrams is not None:
+                seq.ngrams.extend([tok])
 
     def _shift_context(self, slot: Slot) -> bool:
         """Drops half of the tokens after num_keep so generation can go on (llama-server's

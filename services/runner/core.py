@@ -15,6 +15,7 @@ from services.runner.embed import EmbedInput, embed
 from services.runner.engine import GenerationStream, Instance, LoadInfo
 from services.runner.jobs import GenerateSpec
 from services.runner.native import LoadSpec, NativeModel
+from services.runner.promptcache import PromptCache
 from services.runner.rerank import rerank
 
 log = logging.getLogger(__name__)
@@ -37,9 +38,17 @@ def blob_refs(spec: LoadSpec) -> list[tuple[str, str]]:
 
 
 class Runner:
-    def __init__(self, runner_id: str, probe: DeviceProbe, blobs: BlobCache | None = None) -> None:
-        """`blobs` fetches what this host cannot open from the registry; None = load paths as given."""
+    def __init__(
+        self,
+        runner_id: str,
+        probe: DeviceProbe,
+        blobs: BlobCache | None = None,
+        prompt_cache: PromptCache | None = None,
+    ) -> None:
+        """`blobs` fetches what this host cannot open from the registry; None = load paths as given.
+        `prompt_cache` keeps prompt KV across requests for all instances; None = off."""
         self.runner_id = runner_id
+        self.prompt_cache = prompt_cache
         self.probe = probe
         self.blobs = blobs
         self._instances: dict[str, Instance] = {}
@@ -75,7 +84,7 @@ class Runner:
                         f"instance {instance_id!r} is already loaded with another model",
                     )
                 return existing.info
-            inst = Instance(instance_id, spec)
+            inst = Instance(instance_id, spec, self.prompt_cache)
             self._loading[instance_id] = inst
             try:
                 local = await self._localize(spec, inst)  # cancelled: the fetch stops, resumable

@@ -16,6 +16,7 @@ import logging
 import queue
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -26,6 +27,7 @@ from services.runner.batcher import Batcher
 from services.runner.jobs import GenerateSpec, GenEvent, Job
 from services.runner.native import LoadSpec, MemoryUsage, NativeModel
 from services.runner.progress import LoadProgress
+from services.runner.promptcache import PromptCache
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -95,8 +97,13 @@ class GenerationStream:
 
 
 class Instance:
-    def __init__(self, instance_id: str, spec: LoadSpec) -> None:
+    def __init__(self, instance_id: str, spec: LoadSpec, cache: PromptCache | None = None) -> None:
+        """`cache`: the runner's host-memory prompt cache, shared by its instances."""
         self.id = instance_id
+        self.cache = cache
+        # This load's identity: the cache's key, so no snapshot outlives the llama.cpp
+        # context it came from (an instance id may be loaded again with other weights).
+        self.load_id = f"{instance_id}/{uuid.uuid4().hex}"
         self.spec = spec  # as requested; identifies the instance
         self._local = spec  # what the owner thread loads: spec with this host's paths
         self.info: LoadInfo | None = None
@@ -111,6 +118,7 @@ class Instance:
         self._loaded: concurrent.futures.Future[LoadInfo] = concurrent.futures.Future()
         self._stopped: concurrent.futures.Future[None] = concurrent.futures.Future()
         self._thread = threading.Thread(target=self._run, name=f"llama-{instance_id}", daemon=True)
+        self.batcher: Batcher | None = None  # owner thread's; others only read its counters
 
     # --- asyncio side ---
 
@@ -182,13 +190,15 @@ class Instance:
             _resolve(self._loaded, exc=exc)
             _resolve(self._stopped)
             return
-        batcher = Batcher(nm)
+        batcher = self.batcher = Batcher(nm, self.cache, self.load_id)
         info = LoadInfo(nm.num_ctx, nm.num_parallel, nm.memory, time.perf_counter_ns() - t0)
         _resolve(self._loaded, info)
         try:
             self._serve(nm, batcher)
         finally:
             batcher.abort_all(CorralError(common_pb2.ERROR_REASON_RUNNER_FAILED, f"instance {self.id} was unloaded"))
+            if self.cache is not None:
+                self.cache.drop_owner(self.load_id)
             self._close()
             nm.free()
             self.active_sequences = self.queued_requests = self.kv_cells_used = 0

@@ -16,6 +16,7 @@ from services.runner.blobs import BlobCache, RegistryBlobReader
 from services.runner.core import Runner
 from services.runner.devices import DeviceInfo, DeviceProbe, cuda_env, device_tag, probe_for
 from services.runner.native import DEFAULT_NUM_CTX
+from services.runner.promptcache import PromptCache
 from services.runner.registration import SchedulerLink
 from services.runner.servicer import LoadDefaults, RunnerServicer, register
 
@@ -53,7 +54,8 @@ async def serve(settings: Settings, probe: DeviceProbe | None = None) -> None:
         raise
     runner_id = settings.runner_id or f"{socket.gethostname()}-{device_tag(devices)}-{os.getpid()}"
     reader = RegistryBlobReader(settings.registry_addr)
-    runner = Runner(runner_id, probe, BlobCache(settings.runner_cache, reader))
+    cache = PromptCache(settings.cache_ram_mib << 20)
+    runner = Runner(runner_id, probe, BlobCache(settings.runner_cache, reader), cache)
     metrics.INSTANCES.instances = runner.gauges
     service = GrpcService("runner", settings.runner_addr, register(RunnerServicer(runner, load_defaults(settings))))
     link = SchedulerLink(

@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 DEFAULT_NUM_CTX = 4096  # Ollama's tier for < 23 GiB when the scheduler sends 0
 DEFAULT_NUM_BATCH = 512
 EMBED_MAX_SEQS = 16  # inputs per embedding batch
+# Output rows per batch beyond one per sequence: drafted tokens under verification
+# (speculative decoding). Each costs n_vocab floats of logits (1 MiB for Gemma 3).
+DRAFT_ROWS = 24
 KV_TYPES = {"": lc.GGML_TYPE_F16, "f16": lc.GGML_TYPE_F16, "q8_0": lc.GGML_TYPE_Q8_0, "q4_0": lc.GGML_TYPE_Q4_0}
 _KV_BYTES = {lc.GGML_TYPE_F16: 2.0, lc.GGML_TYPE_Q8_0: 34 / 32, lc.GGML_TYPE_Q4_0: 18 / 32}
 MAX_DEVICES = int(lc.LLAMA_MAX_DEVICES)  # length of llama_model_params.tensor_split
@@ -160,6 +163,7 @@ class NativeModel:
         self.ctx: int | None = None
         self.batch: lc.llama_batch | None = None
         self.embedder: Freeable | None = None  # embed.Embedder, created on first use
+        self._pieces: dict[int, bytes] = {}
         _backend_init()
         path = Path(spec.model_path)
         if not path.is_file():
@@ -224,9 +228,10 @@ class NativeModel:
         self.threads = spec.num_thread if spec.num_thread > 0 else cpu_threads()
         cp = self.context_params(self.num_ctx * self.num_parallel, n_seq, self.n_batch, self.is_embedding)
         if not self.is_embedding:
-            # At most one output row per sequence per batch; the default (n_batch)
+            # One output row per sequence plus the drafted rows; the default (n_batch)
             # reserves n_batch x n_vocab floats of logits (512 MiB for Gemma 3).
-            cp.n_outputs_max = self.num_parallel
+            self.n_outputs_max = min(self.n_batch, self.num_parallel + DRAFT_ROWS)
+            cp.n_outputs_max = self.n_outputs_max
         self.ctx = lc.llama_init_from_model(self.model, cp)
         if not self.ctx:
             raise _load_failed("llama.cpp could not create the context")
@@ -332,7 +337,14 @@ class NativeModel:
             cap = -n
 
     def piece(self, token: int) -> bytes:
-        """The token's bytes; control tokens render empty."""
+        """The token's bytes; control tokens render empty. Memoized: called for every
+        generated token, and a vocabulary's pieces never change."""
+        out = self._pieces.get(token)
+        if out is None:
+            out = self._pieces[token] = self._piece(token)
+        return out
+
+    def _piece(self, token: int) -> bytes:
         buf = ctypes.create_string_buffer(64)
         n = lc.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
         if n < 0:
@@ -374,6 +386,25 @@ class NativeModel:
 
     def seq_rm(self, seq_id: int, p0: int = -1, p1: int = -1) -> bool:
         return bool(lc.llama_memory_seq_rm(self.mem, seq_id, p0, p1))
+
+    def seq_cp(self, src: int, dst: int, p0: int, p1: int) -> None:
+        """Shares src's KV cells in [p0, p1) with dst (unified KV: metadata only, no copy)."""
+        lc.llama_memory_seq_cp(self.mem, src, dst, p0, p1)
+
+    def state_seq_get(self, seq_id: int, max_bytes: int = 1 << 62) -> bytes | None:
+        """A snapshot of one sequence's KV (what llama_state_seq_set_data restores);
+        None if it would exceed max_bytes."""
+        size = lc.llama_state_seq_get_size(self.ctx, seq_id)
+        if size > max_bytes:
+            return None
+        buf = (ctypes.c_uint8 * size)()
+        n = lc.llama_state_seq_get_data(self.ctx, buf, size, seq_id)
+        return bytes(memoryview(buf)[:n])
+
+    def state_seq_set(self, seq_id: int, data: bytes) -> bool:
+        """Restores a snapshot into an empty sequence; False if llama.cpp found no room."""
+        buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
+        return int(lc.llama_state_seq_set_data(self.ctx, buf, len(data), seq_id)) > 0
 
     def seq_add(self, seq_id: int, p0: int, p1: int, delta: int) -> None:
         lc.llama_memory_seq_add(self.mem, seq_id, p0, p1, delta)

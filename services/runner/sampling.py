@@ -27,6 +27,7 @@ class SamplingParams:
     num_predict: int = -1  # negative = until stop (bounded by the engine)
     stop: tuple[str, ...] = field(default_factory=tuple)
     num_keep: int = 4
+    speculative: bool = True  # prompt-lookup drafting; not an Ollama option (Corral's own)
 
     @classmethod
     def from_proto(cls, opts: common_pb2.SamplingOptions) -> SamplingParams:
@@ -49,6 +50,7 @@ class SamplingParams:
             num_predict=int(pick("num_predict", d.num_predict)),
             stop=tuple(opts.stop),
             num_keep=int(pick("num_keep", d.num_keep)),
+            speculative=bool(opts.speculative) if opts.HasField("speculative") else d.speculative,
         )
 
 
