@@ -17,6 +17,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -62,7 +63,9 @@ class LoggingProxy:
         self.calls: list[dict[str, Any]] = []
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        server = uvicorn.Server(uvicorn.Config(self.app, port=self.port, log_level="warning"))
+        server = uvicorn.Server(
+            uvicorn.Config(self.app, port=self.port, log_level="warning", interface="asgi3", lifespan="off")
+        )
         self.server = server
         threading.Thread(target=server.run, daemon=True).start()
         while not server.started:
@@ -116,10 +119,12 @@ class LoggingProxy:
 
 def start_open_webui(exe: Path, ollama_url: str, data: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
-    data.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(data, ignore_errors=True)  # a fresh Open WebUI each run
+    data.mkdir(parents=True)
     env = dict(
         os.environ,
         DATA_DIR=str(data),
+        ENABLE_PERSISTENT_CONFIG="False",  # the environment wins over what an earlier run saved
         OLLAMA_BASE_URL=ollama_url,
         ENABLE_OLLAMA_API="True",
         ENABLE_OPENAI_API="False",
@@ -173,6 +178,12 @@ def drive_chat(url: str, out: Path, prompt: str) -> dict[str, Any]:
         page = context.new_page()
         page.goto(url + "/", timeout=120_000)
         page.wait_for_selector("#chat-input", timeout=120_000)
+        # A first visit opens the "what's new" dialog over the page.
+        time.sleep(3)
+        button = page.get_by_role("button", name="Okay, Let's Go!")
+        if button.count() and button.first.is_visible():
+            button.first.click()
+        page.keyboard.press("Escape")
         page.screenshot(path=str(out / "owui-home.png"))
         # Pick the model in the selector at the top (its button shows "Select a model" until one is chosen).
         if not page.get_by_text(f"{MODEL}:latest").first.is_visible():
