@@ -17,6 +17,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -60,9 +61,12 @@ class LoggingProxy:
     def __init__(self, target: str, log: Path) -> None:
         self.target, self.log = target, log
         self.calls: list[dict[str, Any]] = []
+        self.in_flight = 0
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        server = uvicorn.Server(uvicorn.Config(self.app, port=self.port, log_level="warning"))
+        server = uvicorn.Server(
+            uvicorn.Config(self.app, port=self.port, log_level="warning", interface="asgi3", lifespan="off")
+        )
         self.server = server
         threading.Thread(target=server.run, daemon=True).start()
         while not server.started:
@@ -72,6 +76,7 @@ class LoggingProxy:
         if scope["type"] != "http":
             return
         request = Request(scope, receive)
+        self.in_flight += 1
         body = await request.body()
         client = httpx.AsyncClient(base_url=self.target, timeout=None)
         headers = {k: v for k, v in request.headers.items() if k.lower() not in ("host", "content-length")}
@@ -102,6 +107,7 @@ class LoggingProxy:
                 call.update(chunks=chunks, bytes=size, seconds=round(time.monotonic() - started, 2),
                             response=head.decode(errors="replace"))  # fmt: skip
                 self.calls.append(call)
+                self.in_flight -= 1
                 with self.log.open("a") as f:
                     f.write(json.dumps(call) + "\n")
 
@@ -116,10 +122,12 @@ class LoggingProxy:
 
 def start_open_webui(exe: Path, ollama_url: str, data: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
-    data.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(data, ignore_errors=True)  # a fresh Open WebUI each run
+    data.mkdir(parents=True)
     env = dict(
         os.environ,
         DATA_DIR=str(data),
+        ENABLE_PERSISTENT_CONFIG="False",  # the environment wins over what an earlier run saved
         OLLAMA_BASE_URL=ollama_url,
         ENABLE_OLLAMA_API="True",
         ENABLE_OPENAI_API="False",
@@ -154,7 +162,21 @@ def start_open_webui(exe: Path, ollama_url: str, data: Path, log: Path) -> tuple
     raise RuntimeError("open-webui did not start")
 
 
-def drive_chat(url: str, out: Path, prompt: str) -> dict[str, Any]:
+# Open WebUI 0.12 sends its builtin tools (time, files, ...) with every chat unless the model's
+# "Function Calling" is "legacy"; Ollama, and so Corral, refuse tools for a model without the
+# tools capability (400 "... does not support tools"), so Gemma needs the legacy mode.
+LEGACY_TOOLS = """async () => {
+    const auth = {Authorization: `Bearer ${localStorage.token}`, "Content-Type": "application/json"};
+    const settings = await (await fetch("/api/v1/users/user/settings", {headers: auth})).json() || {};
+    settings.ui = settings.ui || {};
+    settings.ui.params = {...(settings.ui.params || {}), function_calling: "legacy"};
+    const body = JSON.stringify(settings);
+    const r = await fetch("/api/v1/users/user/settings/update", {method: "POST", headers: auth, body});
+    return r.status;
+}"""
+
+
+def drive_chat(url: str, out: Path, prompt: str, native_tools: bool) -> dict[str, Any]:
     from playwright.sync_api import sync_playwright
 
     result: dict[str, Any] = {"foreign_requests": []}
@@ -173,7 +195,17 @@ def drive_chat(url: str, out: Path, prompt: str) -> dict[str, Any]:
         page = context.new_page()
         page.goto(url + "/", timeout=120_000)
         page.wait_for_selector("#chat-input", timeout=120_000)
+        # A first visit opens the "what's new" dialog over the page.
+        time.sleep(3)
+        button = page.get_by_role("button", name="Okay, Let's Go!")
+        if button.count() and button.first.is_visible():
+            button.first.click()
+        page.keyboard.press("Escape")
         page.screenshot(path=str(out / "owui-home.png"))
+        if not native_tools:
+            result["legacy_function_calling"] = page.evaluate(LEGACY_TOOLS)
+            page.reload()
+            page.wait_for_selector("#chat-input", timeout=120_000)
         # Pick the model in the selector at the top (its button shows "Select a model" until one is chosen).
         if not page.get_by_text(f"{MODEL}:latest").first.is_visible():
             page.get_by_role("button", name="Select a model").first.click()
@@ -194,6 +226,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=ROOT / ".cache" / "open-webui-run")
     parser.add_argument("--prompt", default="Why is the sky blue? Answer in one sentence.")
+    parser.add_argument("--native-tools", action="store_true", help="keep Open WebUI's native builtin tools")
     args = parser.parse_args()
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -205,8 +238,12 @@ def main() -> None:
         (out / "calls.jsonl").unlink(missing_ok=True)
         proxy = LoggingProxy(stack.url, out / "calls.jsonl")
         webui, url = start_open_webui(exe, proxy.url, out / "data", out / "open-webui.log")
-        result = drive_chat(url, out, args.prompt)
-        time.sleep(5)  # background tasks (title, tags, follow-ups) call the model after the answer
+        result = drive_chat(url, out, args.prompt, args.native_tools)
+        # Background tasks (title, tags, follow-ups) call the model after the answer: let them finish.
+        deadline = time.monotonic() + 300
+        time.sleep(5)
+        while proxy.in_flight and time.monotonic() < deadline:
+            time.sleep(1)
         print(json.dumps(result, indent=1))
     finally:
         if webui is not None:

@@ -176,7 +176,7 @@ def test_chat_streams_and_renders(tab: Tab, stack: Stack, gemma: str) -> None:
 
     sent = chat.value.request.post_data_json
     assert sent["model"] == f"{gemma}:latest" and sent["stream"] is True
-    assert sent["options"] == {"temperature": 0, "num_predict": 48, "num_ctx": 1024}
+    assert sent["options"] == {"temperature": 0, "num_predict": 24, "num_ctx": 1024}
     assert sent["messages"][0] == {"role": "system", "content": "You answer in Markdown."}
     events = [json.loads(line) for line in chat.value.text().splitlines() if line]
     answer = "".join(e["message"]["content"] for e in events)
