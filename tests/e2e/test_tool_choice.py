@@ -113,6 +113,27 @@ def test_named_openai_sdk_streamed(tstack: Stack) -> None:
         assert chunks[-1].choices[0].finish_reason == "tool_calls"
 
 
+def test_responses_named_and_required(tstack: Stack) -> None:
+    """/v1/responses takes the same grammar path: a named function, then "required"."""
+    client = openai.OpenAI(base_url=tstack.url + "/v1", api_key="x", timeout=300)
+    tools: Any = [{"type": "function", **t["function"]} for t in (WEATHER_TOOL, TIME_TOOL)]
+
+    def one(seed: int) -> tuple[Any, Any]:
+        def ask(choice: Any) -> Any:
+            return client.responses.create(
+                model="gemma-tools", input=PROMPT, tools=tools, tool_choice=choice, temperature=1.0,
+                max_output_tokens=64, store=False, extra_body={"seed": seed},
+            )  # fmt: skip
+
+        return ask({"type": "function", "name": "get_time"}), ask("required")
+
+    for named, required in seeded(one):
+        calls = [item for item in named.output if item.type == "function_call"]
+        assert calls and all(c.name == "get_time" and json.loads(c.arguments) == {} for c in calls), named.output
+        calls = [item for item in required.output if item.type == "function_call"]
+        assert calls and all(c.name in ("get_weather", "get_time") for c in calls), required.output
+
+
 def test_none_never_calls(tstack: Stack) -> None:
     # The prompt begs for the call; with tool_choice none the output must not open one.
     for r in seeded(

@@ -21,7 +21,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from corral.v1 import registry_pb2
-from services.gateway import pipeline
+from services.gateway import pipeline, toolchoice
 from services.gateway.backends import Backends
 from services.gateway.errors import HTTPError, bad_request, from_rpc, openai_body
 from services.gateway.http import collect, json_response, parse_json
@@ -162,15 +162,6 @@ def chat_tools(tools: Any) -> list[dict[str, Any]] | None:
     return out
 
 
-def chat_tool_choice(choice: Any) -> Any:
-    """Responses `tool_choice` in chat-completions form, the one the chat surface enforces."""
-    if choice is None or choice in ("auto", "none", "required"):
-        return choice
-    if isinstance(choice, dict) and choice.get("type") == "function" and choice.get("name"):
-        return {"type": "function", "function": {"name": choice["name"]}}
-    raise bad_request("tool_choice must be 'auto', 'none', 'required' or {type: 'function', name}")
-
-
 def text_format(text: Any) -> Any:
     fmt = (text or {}).get("format") if isinstance(text, dict) else None
     if not fmt or fmt.get("type") == "text":
@@ -193,19 +184,17 @@ async def prepare(backends: Backends, body: dict[str, Any], items: list[Item]) -
     opts = common.sampling_options({k: body.get(k) for k in ("temperature", "top_p", "seed")})
     if body.get("max_output_tokens") is not None:
         opts["num_predict"] = body["max_output_tokens"]
-    tools = chat_tools(body.get("tools"))
-    choice = chat_tool_choice(body.get("tool_choice"))
-    if choice == "none":
-        tools = None  # until the chat path enforces tool_choice, "none" means no tools offered
     return await pipeline.prepare_chat(
         backends,
         body["model"],
         to_ollama_messages(messages),
-        tools=tools,
+        tools=chat_tools(body.get("tools")),
         fmt=text_format(body.get("text")),
         request_options=opts,
         think=pipeline.parse_think(common.think_from_effort(effort)),
         keep_alive=keep_alive(body.get("keep_alive")),
+        coerce_level=True,  # reasoning.effort maps onto a level, as on /v1/chat/completions
+        tool_choice=toolchoice.from_openai(body.get("tool_choice")),  # enforced by grammar in the runner
     )
 
 
