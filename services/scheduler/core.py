@@ -229,6 +229,8 @@ class Scheduler:
                     if isinstance(action, _Grant):
                         return self._grant(action.instance, keep_alive, load_ns)
                     if action is None:
+                        if self._work_in_progress():
+                            started = time.monotonic()  # queued behind running work: not a failed load
                         await self._wait(started)
                         continue
                 if isinstance(action, _Load):
@@ -239,6 +241,12 @@ class Scheduler:
                     await asyncio.shield(self._spawn(self._unload(action.instances)))
         finally:
             self._pending -= 1
+
+    def _work_in_progress(self) -> bool:
+        """Some instance holds leases, so a slot or memory will free up. Waiting for that is
+        queueing, which only CORRAL_MAX_QUEUE bounds, as in Ollama; the load timeout is for a
+        wait nothing will end (no runner, nothing running). Caller holds the lock."""
+        return any(i.leases for i in self.inv.instances.values())
 
     async def _wait(self, started: float) -> None:
         """Wait for a state change; give up when no runner turned up within the load timeout."""

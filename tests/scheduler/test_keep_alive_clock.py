@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
+from corral.errors import CorralError
 from corral.v1 import common_pb2, runner_pb2
 from services.scheduler.clock import ManualClock
 from services.scheduler.core import Scheduler, SchedulerConfig
@@ -148,3 +151,24 @@ async def test_a_stray_instance_is_unloaded_only_once_idle() -> None:
     assert await core.heartbeat("r1", devices, ["stray"])
     await _settle()
     assert client.unloads == ["stray"]
+
+
+async def test_waiting_behind_a_busy_model_is_queueing_not_a_load_timeout() -> None:
+    """A request for a loaded model whose slots are all busy waits however long the others
+    take, as in Ollama (Open WebUI's title request held the only slot for minutes while the
+    user's chat timed out). The load timeout is for waits nothing will end."""
+    core, _, _ = await _scheduler(load_timeout=0.3, heartbeat_interval=0.05)
+    first = await core.acquire(spec(), common_pb2.LoadOptions(), keep_alive=300.0)
+    second = asyncio.create_task(core.acquire(spec(), common_pb2.LoadOptions(), keep_alive=300.0))
+    await asyncio.sleep(1.0)  # more than three load timeouts behind the busy slot
+    assert not second.done()
+    await core.release(first.id)
+    lease = await asyncio.wait_for(second, 5)
+    assert lease.instance_id == first.instance_id
+
+
+async def test_with_no_runner_and_nothing_running_the_load_timeout_ends_the_wait() -> None:
+    clock, client = ManualClock(), Client()
+    core = Scheduler(SchedulerConfig(load_timeout=0.3, heartbeat_interval=0.05), client, clock)
+    with pytest.raises(CorralError, match="timed out waiting for a runner"):
+        await asyncio.wait_for(core.acquire(spec(), common_pb2.LoadOptions(), keep_alive=300.0), 5)
