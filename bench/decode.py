@@ -44,35 +44,12 @@ PROMPT = "Write a long story about a lighthouse keeper who finds a message in a 
 NUM_CTX = 1024
 
 
-@contextlib.contextmanager
-def runner_model_params() -> Iterator[None]:
-    """Loads with the model parameters the runner uses where they differ from llama-cpp-python's
-    defaults: no extra buffer types on AMX CPUs (services/runner/native.py cpu_has_amx)."""
-    import llama_cpp.llama_cpp as lc
-
-    from services.runner.native import cpu_has_amx
-
-    default = lc.llama_model_default_params
-    if not cpu_has_amx():
-        yield
-        return
-
-    def params() -> lc.llama_model_params:
-        p = default()
-        p.use_extra_bufts = False
-        return p
-
-    lc.llama_model_default_params = params
-    try:
-        yield
-    finally:
-        lc.llama_model_default_params = default
-
-
 def direct(model: Path, tokens: int, threads: int, rounds: int) -> list[float]:
     from llama_cpp import Llama
 
-    with runner_model_params():
+    from services.runner.native import high_level_defaults_like_the_runner
+
+    with high_level_defaults_like_the_runner():
         llm = Llama(
             str(model),
             n_ctx=NUM_CTX,

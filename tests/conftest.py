@@ -9,6 +9,16 @@ import pytest
 from tests import assets
 
 
+@pytest.fixture(scope="session", autouse=True)
+def llama_defaults_like_the_runner() -> Iterator[None]:
+    """Tests that load models through llama-cpp-python's `Llama` directly get the runner's
+    AMX workaround too (llama.cpp 0.3.36 segfaults on AMX weight buffers)."""
+    from services.runner.native import high_level_defaults_like_the_runner
+
+    with high_level_defaults_like_the_runner():
+        yield
+
+
 @pytest.fixture(scope="session")
 def gemma_path() -> Path:
     """The real Gemma 3 270M Q4_K_M GGUF (≈250 MB), assembled once per machine."""

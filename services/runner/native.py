@@ -7,11 +7,12 @@ that same thread.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -59,6 +60,30 @@ def cpu_has_amx() -> bool:
         return bool(ctypes.CDLL(str(lib)).ggml_cpu_has_amx_int8())
     except (OSError, AttributeError):
         return False
+
+
+@contextlib.contextmanager
+def high_level_defaults_like_the_runner() -> Iterator[None]:
+    """While active, llama-cpp-python's high-level `Llama` loads as the runner does where that
+    matters for correctness: no extra buffer types on AMX CPUs (cpu_has_amx). For benchmarks
+    and reference tests that call `Llama` directly."""
+    import llama_cpp.llama_cpp as bindings  # the module `Llama` reads its defaults from
+
+    default = bindings.llama_model_default_params
+    if not cpu_has_amx():
+        yield
+        return
+
+    def params() -> lc.llama_model_params:
+        p = default()
+        p.use_extra_bufts = False
+        return p
+
+    bindings.llama_model_default_params = params
+    try:
+        yield
+    finally:
+        bindings.llama_model_default_params = default
 
 
 class Freeable(Protocol):
