@@ -9,6 +9,7 @@ import time
 import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import grpc
 
@@ -20,6 +21,8 @@ from services.gateway.backends import Backends
 from services.gateway.observability import GenerationTimer
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 async def resolve(backends: Backends, name: str) -> registry_pb2.Model:
@@ -217,24 +220,23 @@ async def generate(
             await release(backends, lease, runner_failed=failed)
 
 
-async def embed(
+async def _unary(
     backends: Backends,
     model: registry_pb2.Model,
-    request: runner_pb2.EmbedRequest,
+    request: runner_pb2.EmbedRequest | runner_pb2.RerankRequest,
     load: common_pb2.LoadOptions,
     keep_alive: float | None,
-) -> tuple[runner_pb2.EmbedResponse, int]:
-    """One Embed call under a lease (retried once if the runner died); returns the
+    call: Callable[[runner_pb2_grpc.RunnerServiceStub], Awaitable[T]],
+) -> tuple[T, int]:
+    """One unary runner call under a lease, retried once if the runner died; returns the
     response and the lease's load time."""
-    request_id = request.request_id or REQUEST_ID.get() or uuid.uuid4().hex
-    request.request_id = request_id
+    request.request_id = request.request_id or REQUEST_ID.get() or uuid.uuid4().hex
     for attempt in (1, 2):
-        lease = await acquire(backends, model, load, keep_alive, request_id)
+        lease = await acquire(backends, model, load, keep_alive, request.request_id)
         request.instance_id = lease.instance_id
         failed = False
         try:
-            resp = await backends.runner(lease.runner_address).Embed(request)
-            return resp, lease.load_duration_ns
+            return await call(backends.runner(lease.runner_address)), lease.load_duration_ns
         except grpc.RpcError as rpc_err:
             err, failed = _runner_error(rpc_err)
             if failed and attempt == 1:
@@ -243,6 +245,16 @@ async def embed(
         finally:
             await release(backends, lease, runner_failed=failed)
     raise AssertionError("unreachable")
+
+
+async def embed(
+    backends: Backends,
+    model: registry_pb2.Model,
+    request: runner_pb2.EmbedRequest,
+    load: common_pb2.LoadOptions,
+    keep_alive: float | None,
+) -> tuple[runner_pb2.EmbedResponse, int]:
+    return await _unary(backends, model, request, load, keep_alive, lambda runner: runner.Embed(request))
 
 
 async def rerank(
@@ -252,20 +264,4 @@ async def rerank(
     load: common_pb2.LoadOptions,
     keep_alive: float | None,
 ) -> tuple[runner_pb2.RerankResponse, int]:
-    """One Rerank call under a lease (retried once if the runner died), as `embed`."""
-    request.request_id = request.request_id or uuid.uuid4().hex
-    for attempt in (1, 2):
-        lease = await acquire(backends, model, load, keep_alive, request.request_id)
-        request.instance_id = lease.instance_id
-        failed = False
-        try:
-            resp = await backends.runner(lease.runner_address).Rerank(request)
-            return resp, lease.load_duration_ns
-        except grpc.RpcError as rpc_err:
-            err, failed = _runner_error(rpc_err)
-            if failed and attempt == 1:
-                continue
-            raise errors.from_corral(err, model.name) from rpc_err
-        finally:
-            await release(backends, lease, runner_failed=failed)
-    raise AssertionError("unreachable")
+    return await _unary(backends, model, request, load, keep_alive, lambda runner: runner.Rerank(request))
