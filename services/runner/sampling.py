@@ -27,7 +27,9 @@ class SamplingParams:
     num_predict: int = -1  # negative = until stop (bounded by the engine)
     stop: tuple[str, ...] = field(default_factory=tuple)
     num_keep: int = 4
-    speculative: bool = True  # prompt-lookup drafting; not an Ollama option (Corral's own)
+    # Prompt-lookup drafting (Corral's own option). Off by default: a draft verified in one batch
+    # rounds differently from one-token decodes on CPU, so greedy text can differ (docs/runner.md).
+    speculative: bool = False
 
     @classmethod
     def from_proto(cls, opts: common_pb2.SamplingOptions) -> SamplingParams:

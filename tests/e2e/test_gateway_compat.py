@@ -12,8 +12,6 @@ import pytest
 from tests.e2e.test_gateway_api import CALL_SCHEMA, WEATHER_TOOL, tool_model  # noqa: F401  (fixture)
 from tests.stack import Stack
 
-EXTRA = {"num_ctx": 1024}
-
 
 @pytest.fixture(scope="module")
 def oai(stack: Stack) -> openai.OpenAI:
@@ -22,9 +20,10 @@ def oai(stack: Stack) -> openai.OpenAI:
 
 def test_openai_chat_plain_and_streaming(oai: openai.OpenAI, gemma: str) -> None:
     msgs = [{"role": "user", "content": "Say hi"}]
-    r = oai.chat.completions.create(
-        model=gemma, messages=msgs, max_tokens=8, temperature=0, extra_body={"options": EXTRA}
-    )  # type: ignore[arg-type]
+    # A fresh prompt and the same prompt from a slot's cached KV can differ in the last bits
+    # (docs/architecture.md, Determinism; seen on an AMX CPU): compare cached with cached.
+    oai.chat.completions.create(model=gemma, messages=msgs, max_tokens=8, temperature=0)  # type: ignore[arg-type]
+    r = oai.chat.completions.create(model=gemma, messages=msgs, max_tokens=8, temperature=0)  # type: ignore[arg-type]
     assert r.object == "chat.completion" and r.choices[0].message.role == "assistant"
     assert r.choices[0].finish_reason in ("stop", "length") and r.usage and r.usage.completion_tokens > 0
     chunks = list(
@@ -162,6 +161,7 @@ def test_langchain_chat_ollama_round_trip(stack: Stack, gemma: str) -> None:
     from langchain_ollama import ChatOllama
 
     llm = ChatOllama(model=gemma, base_url=stack.url, temperature=0, num_predict=8, num_ctx=1024)
+    llm.invoke("Say hi")  # cached with cached, as in test_openai_chat_plain_and_streaming
     out = llm.invoke("Say hi")
     assert isinstance(out.content, str) and out.response_metadata["done_reason"] in ("stop", "length")
     streamed = "".join(str(c.content) for c in llm.stream("Say hi"))
