@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from corral.errors import CorralError
+from corral.options import PARAMETERS
 from corral.v1 import common_pb2
 
 COMMANDS = ("from", "license", "template", "system", "adapter", "draft", "renderer", "parser", "parameter", "message",
@@ -25,12 +26,6 @@ _COMMAND_ERROR = (
 ROLES = ("system", "user", "assistant")
 _ROLE_ERROR = 'message role must be one of "system", "user", or "assistant"'
 
-# api.Options fields a PARAMETER may set, by type.
-_INT = {"num_ctx", "num_batch", "num_gpu", "main_gpu", "num_thread", "num_keep", "seed", "num_predict", "top_k",
-        "repeat_last_n", "draft_num_predict"}  # fmt: skip
-_FLOAT = {"top_p", "min_p", "typical_p", "temperature", "repeat_penalty", "presence_penalty", "frequency_penalty"}
-_BOOL = {"use_mmap"}
-_LIST = {"stop"}
 DEPRECATED = {"penalize_newline", "low_vram", "f16_kv", "logits_all", "vocab_only", "use_mlock", "mirostat",
               "mirostat_tau", "mirostat_eta", "tfs_z", "numa"}  # fmt: skip
 MAX_MODELFILE_BYTES = 16 << 20
@@ -142,20 +137,29 @@ class ModelfileSpec:
     warnings: list[str] = field(default_factory=list)
 
 
+def check_requires(version: str, line: int = 0) -> str:
+    """A REQUIRES (or API `requires`) version as stored: semver without a leading `v`."""
+    if not re.fullmatch(r"v?\d+\.\d+\.\d+(-[0-9A-Za-z.-]+)?(\+[0-9A-Za-z.-]+)?", version):
+        message = "requires must be a valid semver (e.g. 0.14.0)"
+        raise modelfile_error(line, message) if line else CorralError(common_pb2.ERROR_REASON_INVALID_ARGUMENT, message)
+    return version.removeprefix("v")
+
+
 def typed_parameter(name: str, value: str, line: int = 0) -> Any:
     """A PARAMETER value converted to its api.Options type (Ollama's error texts)."""
     where = (lambda m: modelfile_error(line, m)) if line else (
         lambda m: CorralError(common_pb2.ERROR_REASON_INVALID_ARGUMENT, m))  # fmt: skip
-    if name in _LIST:
+    kind = PARAMETERS.get(name)
+    if kind == "list":
         return value
     try:
-        if name in _INT:
+        if kind == "int":
             return int(float(value)) if re.fullmatch(r"[+-]?\d+(\.0*)?", value) else int(value)
-        if name in _FLOAT:
+        if kind == "float":
             return float(value)
     except ValueError:
-        raise where(f"invalid {'int' if name in _INT else 'float'} value [{value}]") from None
-    if name in _BOOL:
+        raise where(f"invalid {kind} value [{value}]") from None
+    if kind == "bool":
         if value.lower() in ("1", "t", "true"):
             return True
         if value.lower() in ("0", "f", "false"):
@@ -183,16 +187,14 @@ def to_spec(commands: list[Command]) -> ModelfileSpec:
         elif c.name == "message":
             spec.messages.append((c.role, c.args))
         elif c.name == "requires":
-            if not re.fullmatch(r"v?\d+\.\d+\.\d+(-[0-9A-Za-z.-]+)?(\+[0-9A-Za-z.-]+)?", c.args):
-                raise modelfile_error(c.line, "requires must be a valid semver (e.g. 0.14.0)")
-            spec.requires = c.args.removeprefix("v")
+            spec.requires = check_requires(c.args, c.line)
         elif c.name in ("draft", "renderer", "parser"):
             spec.warnings.append(f"{c.name.upper()} is not supported yet and was ignored")
         elif c.name in DEPRECATED:
             spec.warnings.append(f"parameter {c.name} is deprecated")
         else:
             value = typed_parameter(c.name, c.args, c.line)
-            if c.name in _LIST:
+            if PARAMETERS.get(c.name) == "list":
                 spec.parameters.setdefault(c.name, []).append(value)
             else:
                 spec.parameters[c.name] = value

@@ -91,7 +91,14 @@ class DeviceMemory(_message.Message):
     def __init__(self, device_id: _Optional[str] = ..., bytes: _Optional[int] = ...) -> None: ...
 
 class SamplingOptions(_message.Message):
-    __slots__ = ("temperature", "top_k", "top_p", "min_p", "typical_p", "repeat_penalty", "repeat_last_n", "presence_penalty", "frequency_penalty", "seed", "num_predict", "stop", "num_keep", "speculative")
+    __slots__ = ("temperature", "top_k", "top_p", "min_p", "typical_p", "repeat_penalty", "repeat_last_n", "presence_penalty", "frequency_penalty", "seed", "num_predict", "stop", "num_keep", "speculative", "logit_bias")
+    class LogitBiasEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: int
+        value: float
+        def __init__(self, key: _Optional[int] = ..., value: _Optional[float] = ...) -> None: ...
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     TOP_P_FIELD_NUMBER: _ClassVar[int]
@@ -106,6 +113,7 @@ class SamplingOptions(_message.Message):
     STOP_FIELD_NUMBER: _ClassVar[int]
     NUM_KEEP_FIELD_NUMBER: _ClassVar[int]
     SPECULATIVE_FIELD_NUMBER: _ClassVar[int]
+    LOGIT_BIAS_FIELD_NUMBER: _ClassVar[int]
     temperature: float
     top_k: int
     top_p: float
@@ -120,7 +128,8 @@ class SamplingOptions(_message.Message):
     stop: _containers.RepeatedScalarFieldContainer[str]
     num_keep: int
     speculative: bool
-    def __init__(self, temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., top_p: _Optional[float] = ..., min_p: _Optional[float] = ..., typical_p: _Optional[float] = ..., repeat_penalty: _Optional[float] = ..., repeat_last_n: _Optional[int] = ..., presence_penalty: _Optional[float] = ..., frequency_penalty: _Optional[float] = ..., seed: _Optional[int] = ..., num_predict: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., num_keep: _Optional[int] = ..., speculative: _Optional[bool] = ...) -> None: ...
+    logit_bias: _containers.ScalarMap[int, float]
+    def __init__(self, temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., top_p: _Optional[float] = ..., min_p: _Optional[float] = ..., typical_p: _Optional[float] = ..., repeat_penalty: _Optional[float] = ..., repeat_last_n: _Optional[int] = ..., presence_penalty: _Optional[float] = ..., frequency_penalty: _Optional[float] = ..., seed: _Optional[int] = ..., num_predict: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., num_keep: _Optional[int] = ..., speculative: _Optional[bool] = ..., logit_bias: _Optional[_Mapping[int, float]] = ...) -> None: ...
 
 class Adapter(_message.Message):
     __slots__ = ("digest", "path", "scale")
@@ -157,6 +166,48 @@ class LoadOptions(_message.Message):
     flash_attention: bool
     tensor_split: _containers.RepeatedScalarFieldContainer[float]
     def __init__(self, num_ctx: _Optional[int] = ..., num_batch: _Optional[int] = ..., num_gpu: _Optional[int] = ..., main_gpu: _Optional[int] = ..., use_mmap: _Optional[bool] = ..., num_thread: _Optional[int] = ..., num_parallel: _Optional[int] = ..., adapters: _Optional[_Iterable[_Union[Adapter, _Mapping]]] = ..., kv_cache_type: _Optional[str] = ..., flash_attention: _Optional[bool] = ..., tensor_split: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class ModelGeometry(_message.Message):
+    __slots__ = ("block_count", "embedding_length", "head_count", "head_count_kv", "key_length", "value_length", "sliding_window", "layer_bytes", "output_bytes", "other_bytes", "vocab_size")
+    BLOCK_COUNT_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDING_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    HEAD_COUNT_FIELD_NUMBER: _ClassVar[int]
+    HEAD_COUNT_KV_FIELD_NUMBER: _ClassVar[int]
+    KEY_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    VALUE_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    SLIDING_WINDOW_FIELD_NUMBER: _ClassVar[int]
+    LAYER_BYTES_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    OTHER_BYTES_FIELD_NUMBER: _ClassVar[int]
+    VOCAB_SIZE_FIELD_NUMBER: _ClassVar[int]
+    block_count: int
+    embedding_length: int
+    head_count: int
+    head_count_kv: int
+    key_length: int
+    value_length: int
+    sliding_window: int
+    layer_bytes: _containers.RepeatedScalarFieldContainer[int]
+    output_bytes: int
+    other_bytes: int
+    vocab_size: int
+    def __init__(self, block_count: _Optional[int] = ..., embedding_length: _Optional[int] = ..., head_count: _Optional[int] = ..., head_count_kv: _Optional[int] = ..., key_length: _Optional[int] = ..., value_length: _Optional[int] = ..., sliding_window: _Optional[int] = ..., layer_bytes: _Optional[_Iterable[int]] = ..., output_bytes: _Optional[int] = ..., other_bytes: _Optional[int] = ..., vocab_size: _Optional[int] = ...) -> None: ...
+
+class ModelDetails(_message.Message):
+    __slots__ = ("parent_model", "format", "family", "families", "parameter_size", "quantization_level")
+    PARENT_MODEL_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    FAMILY_FIELD_NUMBER: _ClassVar[int]
+    FAMILIES_FIELD_NUMBER: _ClassVar[int]
+    PARAMETER_SIZE_FIELD_NUMBER: _ClassVar[int]
+    QUANTIZATION_LEVEL_FIELD_NUMBER: _ClassVar[int]
+    parent_model: str
+    format: str
+    family: str
+    families: _containers.RepeatedScalarFieldContainer[str]
+    parameter_size: str
+    quantization_level: str
+    def __init__(self, parent_model: _Optional[str] = ..., format: _Optional[str] = ..., family: _Optional[str] = ..., families: _Optional[_Iterable[str]] = ..., parameter_size: _Optional[str] = ..., quantization_level: _Optional[str] = ...) -> None: ...
 
 class GenerationStats(_message.Message):
     __slots__ = ("prompt_eval_count", "prompt_eval_duration_ns", "eval_count", "eval_duration_ns", "prompt_cached_count")

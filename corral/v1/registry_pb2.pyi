@@ -1,7 +1,6 @@
 import datetime
 
 from corral.v1 import common_pb2 as _common_pb2
-from corral.v1 import scheduler_pb2 as _scheduler_pb2
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
@@ -56,7 +55,7 @@ class Model(_message.Message):
     manifest_digest: str
     size_bytes: int
     modified_at: _timestamp_pb2.Timestamp
-    details: _scheduler_pb2.ModelDetails
+    details: _common_pb2.ModelDetails
     layers: _containers.RepeatedCompositeFieldContainer[Layer]
     model_digest: str
     model_path: str
@@ -69,9 +68,9 @@ class Model(_message.Message):
     bos_token: str
     eos_token: str
     add_bos_token: bool
-    geometry: _scheduler_pb2.ModelGeometry
+    geometry: _common_pb2.ModelGeometry
     adapters: _containers.RepeatedCompositeFieldContainer[_common_pb2.Adapter]
-    def __init__(self, name: _Optional[str] = ..., full_name: _Optional[str] = ..., manifest_digest: _Optional[str] = ..., size_bytes: _Optional[int] = ..., modified_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., details: _Optional[_Union[_scheduler_pb2.ModelDetails, _Mapping]] = ..., layers: _Optional[_Iterable[_Union[Layer, _Mapping]]] = ..., model_digest: _Optional[str] = ..., model_path: _Optional[str] = ..., template: _Optional[str] = ..., system: _Optional[str] = ..., parameters: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., gguf_chat_template: _Optional[str] = ..., context_length_train: _Optional[int] = ..., capabilities: _Optional[_Iterable[str]] = ..., bos_token: _Optional[str] = ..., eos_token: _Optional[str] = ..., add_bos_token: _Optional[bool] = ..., geometry: _Optional[_Union[_scheduler_pb2.ModelGeometry, _Mapping]] = ..., adapters: _Optional[_Iterable[_Union[_common_pb2.Adapter, _Mapping]]] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., full_name: _Optional[str] = ..., manifest_digest: _Optional[str] = ..., size_bytes: _Optional[int] = ..., modified_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., details: _Optional[_Union[_common_pb2.ModelDetails, _Mapping]] = ..., layers: _Optional[_Iterable[_Union[Layer, _Mapping]]] = ..., model_digest: _Optional[str] = ..., model_path: _Optional[str] = ..., template: _Optional[str] = ..., system: _Optional[str] = ..., parameters: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., gguf_chat_template: _Optional[str] = ..., context_length_train: _Optional[int] = ..., capabilities: _Optional[_Iterable[str]] = ..., bos_token: _Optional[str] = ..., eos_token: _Optional[str] = ..., add_bos_token: _Optional[bool] = ..., geometry: _Optional[_Union[_common_pb2.ModelGeometry, _Mapping]] = ..., adapters: _Optional[_Iterable[_Union[_common_pb2.Adapter, _Mapping]]] = ...) -> None: ...
 
 class ResolveModelResponse(_message.Message):
     __slots__ = ("model",)
@@ -90,7 +89,7 @@ class ListModelsResponse(_message.Message):
     def __init__(self, models: _Optional[_Iterable[_Union[Model, _Mapping]]] = ...) -> None: ...
 
 class CreateModelRequest(_message.Message):
-    __slots__ = ("name", "files", "adapters", "template", "system", "parameters", "license", "quantize", "messages", "modelfile")
+    __slots__ = ("name", "files", "adapters", "template", "system", "parameters", "license", "quantize", "messages", "modelfile", "requires")
     class FilesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -116,6 +115,7 @@ class CreateModelRequest(_message.Message):
     QUANTIZE_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
     MODELFILE_FIELD_NUMBER: _ClassVar[int]
+    REQUIRES_FIELD_NUMBER: _ClassVar[int]
     name: str
     files: _containers.ScalarMap[str, str]
     adapters: _containers.ScalarMap[str, str]
@@ -126,7 +126,8 @@ class CreateModelRequest(_message.Message):
     quantize: str
     messages: _containers.RepeatedCompositeFieldContainer[ModelMessage]
     modelfile: str
-    def __init__(self, name: _Optional[str] = ..., files: _Optional[_Mapping[str, str]] = ..., adapters: _Optional[_Mapping[str, str]] = ..., template: _Optional[str] = ..., system: _Optional[str] = ..., parameters: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., license: _Optional[_Iterable[str]] = ..., quantize: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ModelMessage, _Mapping]]] = ..., modelfile: _Optional[str] = ..., **kwargs) -> None: ...
+    requires: str
+    def __init__(self, name: _Optional[str] = ..., files: _Optional[_Mapping[str, str]] = ..., adapters: _Optional[_Mapping[str, str]] = ..., template: _Optional[str] = ..., system: _Optional[str] = ..., parameters: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., license: _Optional[_Iterable[str]] = ..., quantize: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ModelMessage, _Mapping]]] = ..., modelfile: _Optional[str] = ..., requires: _Optional[str] = ..., **kwargs) -> None: ...
 
 class ModelMessage(_message.Message):
     __slots__ = ("role", "content")
@@ -217,7 +218,7 @@ class TensorInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ShowModelResponse(_message.Message):
-    __slots__ = ("license", "modelfile", "parameters", "template", "system", "details", "model_info_json", "capabilities", "modified_at", "messages", "tensors")
+    __slots__ = ("license", "modelfile", "parameters", "template", "system", "details", "model_info_json", "capabilities", "modified_at", "messages", "tensors", "requires")
     LICENSE_FIELD_NUMBER: _ClassVar[int]
     MODELFILE_FIELD_NUMBER: _ClassVar[int]
     PARAMETERS_FIELD_NUMBER: _ClassVar[int]
@@ -229,18 +230,20 @@ class ShowModelResponse(_message.Message):
     MODIFIED_AT_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
     TENSORS_FIELD_NUMBER: _ClassVar[int]
+    REQUIRES_FIELD_NUMBER: _ClassVar[int]
     license: str
     modelfile: str
     parameters: str
     template: str
     system: str
-    details: _scheduler_pb2.ModelDetails
+    details: _common_pb2.ModelDetails
     model_info_json: str
     capabilities: _containers.RepeatedScalarFieldContainer[str]
     modified_at: _timestamp_pb2.Timestamp
     messages: _containers.RepeatedCompositeFieldContainer[ModelMessage]
     tensors: _containers.RepeatedCompositeFieldContainer[TensorInfo]
-    def __init__(self, license: _Optional[str] = ..., modelfile: _Optional[str] = ..., parameters: _Optional[str] = ..., template: _Optional[str] = ..., system: _Optional[str] = ..., details: _Optional[_Union[_scheduler_pb2.ModelDetails, _Mapping]] = ..., model_info_json: _Optional[str] = ..., capabilities: _Optional[_Iterable[str]] = ..., modified_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., messages: _Optional[_Iterable[_Union[ModelMessage, _Mapping]]] = ..., tensors: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ...) -> None: ...
+    requires: str
+    def __init__(self, license: _Optional[str] = ..., modelfile: _Optional[str] = ..., parameters: _Optional[str] = ..., template: _Optional[str] = ..., system: _Optional[str] = ..., details: _Optional[_Union[_common_pb2.ModelDetails, _Mapping]] = ..., model_info_json: _Optional[str] = ..., capabilities: _Optional[_Iterable[str]] = ..., modified_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., messages: _Optional[_Iterable[_Union[ModelMessage, _Mapping]]] = ..., tensors: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., requires: _Optional[str] = ...) -> None: ...
 
 class CopyModelRequest(_message.Message):
     __slots__ = ("source", "destination")

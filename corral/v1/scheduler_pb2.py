@@ -26,7 +26,7 @@ from corral.v1 import common_pb2 as corral_dot_v1_dot_common__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x63orral/v1/scheduler.proto\x12\tcorral.v1\x1a\x16\x63orral/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"m\n\x15RegisterRunnerRequest\x12\x11\n\trunner_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\"\n\x07\x64\x65vices\x18\x04 \x03(\x0b\x32\x11.corral.v1.DeviceJ\x04\x08\x03\x10\x04R\x06\x64\x65vice\"7\n\x16RegisterRunnerResponse\x12\x1d\n\x15heartbeat_interval_ms\x18\x01 \x01(\x05\"m\n\x10HeartbeatRequest\x12\x11\n\trunner_id\x18\x01 \x01(\t\x12\x14\n\x0cinstance_ids\x18\x03 \x03(\t\x12\"\n\x07\x64\x65vices\x18\x04 \x03(\x0b\x32\x11.corral.v1.DeviceJ\x04\x08\x02\x10\x03R\x06\x64\x65vice\"\"\n\x11HeartbeatResponse\x12\r\n\x05known\x18\x01 \x01(\x08\"\xea\x01\n\tModelSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x17\n\x0fmanifest_digest\x18\x02 \x01(\t\x12\x14\n\x0cmodel_digest\x18\x03 \x01(\t\x12\x12\n\nmodel_path\x18\x04 \x01(\t\x12\x18\n\x10model_size_bytes\x18\x05 \x01(\x04\x12(\n\x07\x64\x65tails\x18\x06 \x01(\x0b\x32\x17.corral.v1.ModelDetails\x12\x1c\n\x14\x63ontext_length_train\x18\x07 \x01(\x05\x12*\n\x08geometry\x18\x08 \x01(\x0b\x32\x18.corral.v1.ModelGeometry\"\xff\x01\n\rModelGeometry\x12\x13\n\x0b\x62lock_count\x18\x01 \x01(\r\x12\x18\n\x10\x65mbedding_length\x18\x02 \x01(\r\x12\x12\n\nhead_count\x18\x03 \x01(\r\x12\x15\n\rhead_count_kv\x18\x04 \x01(\r\x12\x12\n\nkey_length\x18\x05 \x01(\r\x12\x14\n\x0cvalue_length\x18\x06 \x01(\r\x12\x16\n\x0esliding_window\x18\x07 \x01(\r\x12\x13\n\x0blayer_bytes\x18\x08 \x03(\x04\x12\x14\n\x0coutput_bytes\x18\t \x01(\x04\x12\x13\n\x0bother_bytes\x18\n \x01(\x04\x12\x12\n\nvocab_size\x18\x0b \x01(\r\"\x8a\x01\n\x0cModelDetails\x12\x14\n\x0cparent_model\x18\x01 \x01(\t\x12\x0e\n\x06\x66ormat\x18\x02 \x01(\t\x12\x0e\n\x06\x66\x61mily\x18\x03 \x01(\t\x12\x10\n\x08\x66\x61milies\x18\x04 \x03(\t\x12\x16\n\x0eparameter_size\x18\x05 \x01(\t\x12\x1a\n\x12quantization_level\x18\x06 \x01(\t\"\xaf\x01\n\x13\x41\x63quireModelRequest\x12#\n\x05model\x18\x01 \x01(\x0b\x32\x14.corral.v1.ModelSpec\x12\'\n\x07options\x18\x02 \x01(\x0b\x32\x16.corral.v1.LoadOptions\x12\x1f\n\x12keep_alive_seconds\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x12\n\nrequest_id\x18\x04 \x01(\tB\x15\n\x13_keep_alive_seconds\"\x87\x01\n\x14\x41\x63quireModelResponse\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\x16\n\x0erunner_address\x18\x02 \x01(\t\x12\x13\n\x0binstance_id\x18\x03 \x01(\t\x12\x18\n\x10load_duration_ns\x18\x04 \x01(\x03\x12\x16\n\x0e\x63ontext_length\x18\x05 \x01(\x05\">\n\x13ReleaseModelRequest\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\x15\n\rrunner_failed\x18\x02 \x01(\x08\"\x16\n\x14ReleaseModelResponse\"L\n\x1bSchedulerUnloadModelRequest\x12\x14\n\x0cmodel_digest\x18\x01 \x01(\t\x12\x17\n\x0fmanifest_digest\x18\x02 \x01(\t\"1\n\x1cSchedulerUnloadModelResponse\x12\x11\n\tunloading\x18\x01 \x01(\x08\"\x19\n\x17ListLoadedModelsRequest\"\xbd\x02\n\x0bLoadedModel\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x17\n\x0fmanifest_digest\x18\x02 \x01(\t\x12(\n\x07\x64\x65tails\x18\x03 \x01(\x0b\x32\x17.corral.v1.ModelDetails\x12\x12\n\nsize_bytes\x18\x04 \x01(\x04\x12\x17\n\x0fsize_vram_bytes\x18\x05 \x01(\x04\x12.\n\nexpires_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0e\x63ontext_length\x18\x07 \x01(\x05\x12\x11\n\trunner_id\x18\x08 \x01(\t\x12\x15\n\ractive_leases\x18\t \x01(\x05\x12(\n\x07\x64\x65vices\x18\n \x03(\x0b\x32\x17.corral.v1.DeviceMemory\x12\x14\n\x0cnum_parallel\x18\x0b \x01(\x05\"B\n\x18ListLoadedModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.corral.v1.LoadedModel\"\x10\n\x0eGetInfoRequest\"\xac\x01\n\nRunnerInfo\x12\x11\n\trunner_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x15\n\rloaded_models\x18\x04 \x01(\x05\x12\'\n\x07\x64\x65vices\x18\x07 \x03(\x0b\x32\x16.corral.v1.DeviceUsageJ\x04\x08\x03\x10\x04J\x04\x08\x05\x10\x06J\x04\x08\x06\x10\x07R\x06\x64\x65viceR\x0f\x61llocated_bytesR\x0f\x61vailable_bytes\"b\n\x0b\x44\x65viceUsage\x12!\n\x06\x64\x65vice\x18\x01 \x01(\x0b\x32\x11.corral.v1.Device\x12\x17\n\x0f\x61llocated_bytes\x18\x02 \x01(\x04\x12\x17\n\x0f\x61vailable_bytes\x18\x03 \x01(\x04\"\xda\x01\n\x0fGetInfoResponse\x12&\n\x07runners\x18\x01 \x03(\x0b\x32\x15.corral.v1.RunnerInfo\x12\x19\n\x11max_loaded_models\x18\x02 \x01(\x05\x12\x11\n\tmax_queue\x18\x03 \x01(\x05\x12\x14\n\x0cnum_parallel\x18\x04 \x01(\x05\x12\x1e\n\x16\x64\x65\x66\x61ult_context_length\x18\x05 \x01(\x05\x12\"\n\x1a\x64\x65\x66\x61ult_keep_alive_seconds\x18\x06 \x01(\x01\x12\x17\n\x0fqueued_requests\x18\x07 \x01(\x05\x32\xd2\x04\n\x10SchedulerService\x12U\n\x0eRegisterRunner\x12 .corral.v1.RegisterRunnerRequest\x1a!.corral.v1.RegisterRunnerResponse\x12\x46\n\tHeartbeat\x12\x1b.corral.v1.HeartbeatRequest\x1a\x1c.corral.v1.HeartbeatResponse\x12O\n\x0c\x41\x63quireModel\x12\x1e.corral.v1.AcquireModelRequest\x1a\x1f.corral.v1.AcquireModelResponse\x12O\n\x0cReleaseModel\x12\x1e.corral.v1.ReleaseModelRequest\x1a\x1f.corral.v1.ReleaseModelResponse\x12^\n\x0bUnloadModel\x12&.corral.v1.SchedulerUnloadModelRequest\x1a\'.corral.v1.SchedulerUnloadModelResponse\x12[\n\x10ListLoadedModels\x12\".corral.v1.ListLoadedModelsRequest\x1a#.corral.v1.ListLoadedModelsResponse\x12@\n\x07GetInfo\x12\x19.corral.v1.GetInfoRequest\x1a\x1a.corral.v1.GetInfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x63orral/v1/scheduler.proto\x12\tcorral.v1\x1a\x16\x63orral/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"m\n\x15RegisterRunnerRequest\x12\x11\n\trunner_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\"\n\x07\x64\x65vices\x18\x04 \x03(\x0b\x32\x11.corral.v1.DeviceJ\x04\x08\x03\x10\x04R\x06\x64\x65vice\"7\n\x16RegisterRunnerResponse\x12\x1d\n\x15heartbeat_interval_ms\x18\x01 \x01(\x05\"m\n\x10HeartbeatRequest\x12\x11\n\trunner_id\x18\x01 \x01(\t\x12\x14\n\x0cinstance_ids\x18\x03 \x03(\t\x12\"\n\x07\x64\x65vices\x18\x04 \x03(\x0b\x32\x11.corral.v1.DeviceJ\x04\x08\x02\x10\x03R\x06\x64\x65vice\"\"\n\x11HeartbeatResponse\x12\r\n\x05known\x18\x01 \x01(\x08\"\xea\x01\n\tModelSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x17\n\x0fmanifest_digest\x18\x02 \x01(\t\x12\x14\n\x0cmodel_digest\x18\x03 \x01(\t\x12\x12\n\nmodel_path\x18\x04 \x01(\t\x12\x18\n\x10model_size_bytes\x18\x05 \x01(\x04\x12(\n\x07\x64\x65tails\x18\x06 \x01(\x0b\x32\x17.corral.v1.ModelDetails\x12\x1c\n\x14\x63ontext_length_train\x18\x07 \x01(\x05\x12*\n\x08geometry\x18\x08 \x01(\x0b\x32\x18.corral.v1.ModelGeometry\"\xaf\x01\n\x13\x41\x63quireModelRequest\x12#\n\x05model\x18\x01 \x01(\x0b\x32\x14.corral.v1.ModelSpec\x12\'\n\x07options\x18\x02 \x01(\x0b\x32\x16.corral.v1.LoadOptions\x12\x1f\n\x12keep_alive_seconds\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x12\n\nrequest_id\x18\x04 \x01(\tB\x15\n\x13_keep_alive_seconds\"\x87\x01\n\x14\x41\x63quireModelResponse\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\x16\n\x0erunner_address\x18\x02 \x01(\t\x12\x13\n\x0binstance_id\x18\x03 \x01(\t\x12\x18\n\x10load_duration_ns\x18\x04 \x01(\x03\x12\x16\n\x0e\x63ontext_length\x18\x05 \x01(\x05\">\n\x13ReleaseModelRequest\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\x15\n\rrunner_failed\x18\x02 \x01(\x08\"\x16\n\x14ReleaseModelResponse\"L\n\x1bSchedulerUnloadModelRequest\x12\x14\n\x0cmodel_digest\x18\x01 \x01(\t\x12\x17\n\x0fmanifest_digest\x18\x02 \x01(\t\"1\n\x1cSchedulerUnloadModelResponse\x12\x11\n\tunloading\x18\x01 \x01(\x08\"\x19\n\x17ListLoadedModelsRequest\"\xbd\x02\n\x0bLoadedModel\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x17\n\x0fmanifest_digest\x18\x02 \x01(\t\x12(\n\x07\x64\x65tails\x18\x03 \x01(\x0b\x32\x17.corral.v1.ModelDetails\x12\x12\n\nsize_bytes\x18\x04 \x01(\x04\x12\x17\n\x0fsize_vram_bytes\x18\x05 \x01(\x04\x12.\n\nexpires_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0e\x63ontext_length\x18\x07 \x01(\x05\x12\x11\n\trunner_id\x18\x08 \x01(\t\x12\x15\n\ractive_leases\x18\t \x01(\x05\x12(\n\x07\x64\x65vices\x18\n \x03(\x0b\x32\x17.corral.v1.DeviceMemory\x12\x14\n\x0cnum_parallel\x18\x0b \x01(\x05\"B\n\x18ListLoadedModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.corral.v1.LoadedModel\"\x10\n\x0eGetInfoRequest\"\xac\x01\n\nRunnerInfo\x12\x11\n\trunner_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x15\n\rloaded_models\x18\x04 \x01(\x05\x12\'\n\x07\x64\x65vices\x18\x07 \x03(\x0b\x32\x16.corral.v1.DeviceUsageJ\x04\x08\x03\x10\x04J\x04\x08\x05\x10\x06J\x04\x08\x06\x10\x07R\x06\x64\x65viceR\x0f\x61llocated_bytesR\x0f\x61vailable_bytes\"b\n\x0b\x44\x65viceUsage\x12!\n\x06\x64\x65vice\x18\x01 \x01(\x0b\x32\x11.corral.v1.Device\x12\x17\n\x0f\x61llocated_bytes\x18\x02 \x01(\x04\x12\x17\n\x0f\x61vailable_bytes\x18\x03 \x01(\x04\"\xda\x01\n\x0fGetInfoResponse\x12&\n\x07runners\x18\x01 \x03(\x0b\x32\x15.corral.v1.RunnerInfo\x12\x19\n\x11max_loaded_models\x18\x02 \x01(\x05\x12\x11\n\tmax_queue\x18\x03 \x01(\x05\x12\x14\n\x0cnum_parallel\x18\x04 \x01(\x05\x12\x1e\n\x16\x64\x65\x66\x61ult_context_length\x18\x05 \x01(\x05\x12\"\n\x1a\x64\x65\x66\x61ult_keep_alive_seconds\x18\x06 \x01(\x01\x12\x17\n\x0fqueued_requests\x18\x07 \x01(\x05\x32\xd2\x04\n\x10SchedulerService\x12U\n\x0eRegisterRunner\x12 .corral.v1.RegisterRunnerRequest\x1a!.corral.v1.RegisterRunnerResponse\x12\x46\n\tHeartbeat\x12\x1b.corral.v1.HeartbeatRequest\x1a\x1c.corral.v1.HeartbeatResponse\x12O\n\x0c\x41\x63quireModel\x12\x1e.corral.v1.AcquireModelRequest\x1a\x1f.corral.v1.AcquireModelResponse\x12O\n\x0cReleaseModel\x12\x1e.corral.v1.ReleaseModelRequest\x1a\x1f.corral.v1.ReleaseModelResponse\x12^\n\x0bUnloadModel\x12&.corral.v1.SchedulerUnloadModelRequest\x1a\'.corral.v1.SchedulerUnloadModelResponse\x12[\n\x10ListLoadedModels\x12\".corral.v1.ListLoadedModelsRequest\x1a#.corral.v1.ListLoadedModelsResponse\x12@\n\x07GetInfo\x12\x19.corral.v1.GetInfoRequest\x1a\x1a.corral.v1.GetInfoResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,36 +43,32 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HEARTBEATRESPONSE']._serialized_end=410
   _globals['_MODELSPEC']._serialized_start=413
   _globals['_MODELSPEC']._serialized_end=647
-  _globals['_MODELGEOMETRY']._serialized_start=650
-  _globals['_MODELGEOMETRY']._serialized_end=905
-  _globals['_MODELDETAILS']._serialized_start=908
-  _globals['_MODELDETAILS']._serialized_end=1046
-  _globals['_ACQUIREMODELREQUEST']._serialized_start=1049
-  _globals['_ACQUIREMODELREQUEST']._serialized_end=1224
-  _globals['_ACQUIREMODELRESPONSE']._serialized_start=1227
-  _globals['_ACQUIREMODELRESPONSE']._serialized_end=1362
-  _globals['_RELEASEMODELREQUEST']._serialized_start=1364
-  _globals['_RELEASEMODELREQUEST']._serialized_end=1426
-  _globals['_RELEASEMODELRESPONSE']._serialized_start=1428
-  _globals['_RELEASEMODELRESPONSE']._serialized_end=1450
-  _globals['_SCHEDULERUNLOADMODELREQUEST']._serialized_start=1452
-  _globals['_SCHEDULERUNLOADMODELREQUEST']._serialized_end=1528
-  _globals['_SCHEDULERUNLOADMODELRESPONSE']._serialized_start=1530
-  _globals['_SCHEDULERUNLOADMODELRESPONSE']._serialized_end=1579
-  _globals['_LISTLOADEDMODELSREQUEST']._serialized_start=1581
-  _globals['_LISTLOADEDMODELSREQUEST']._serialized_end=1606
-  _globals['_LOADEDMODEL']._serialized_start=1609
-  _globals['_LOADEDMODEL']._serialized_end=1926
-  _globals['_LISTLOADEDMODELSRESPONSE']._serialized_start=1928
-  _globals['_LISTLOADEDMODELSRESPONSE']._serialized_end=1994
-  _globals['_GETINFOREQUEST']._serialized_start=1996
-  _globals['_GETINFOREQUEST']._serialized_end=2012
-  _globals['_RUNNERINFO']._serialized_start=2015
-  _globals['_RUNNERINFO']._serialized_end=2187
-  _globals['_DEVICEUSAGE']._serialized_start=2189
-  _globals['_DEVICEUSAGE']._serialized_end=2287
-  _globals['_GETINFORESPONSE']._serialized_start=2290
-  _globals['_GETINFORESPONSE']._serialized_end=2508
-  _globals['_SCHEDULERSERVICE']._serialized_start=2511
-  _globals['_SCHEDULERSERVICE']._serialized_end=3105
+  _globals['_ACQUIREMODELREQUEST']._serialized_start=650
+  _globals['_ACQUIREMODELREQUEST']._serialized_end=825
+  _globals['_ACQUIREMODELRESPONSE']._serialized_start=828
+  _globals['_ACQUIREMODELRESPONSE']._serialized_end=963
+  _globals['_RELEASEMODELREQUEST']._serialized_start=965
+  _globals['_RELEASEMODELREQUEST']._serialized_end=1027
+  _globals['_RELEASEMODELRESPONSE']._serialized_start=1029
+  _globals['_RELEASEMODELRESPONSE']._serialized_end=1051
+  _globals['_SCHEDULERUNLOADMODELREQUEST']._serialized_start=1053
+  _globals['_SCHEDULERUNLOADMODELREQUEST']._serialized_end=1129
+  _globals['_SCHEDULERUNLOADMODELRESPONSE']._serialized_start=1131
+  _globals['_SCHEDULERUNLOADMODELRESPONSE']._serialized_end=1180
+  _globals['_LISTLOADEDMODELSREQUEST']._serialized_start=1182
+  _globals['_LISTLOADEDMODELSREQUEST']._serialized_end=1207
+  _globals['_LOADEDMODEL']._serialized_start=1210
+  _globals['_LOADEDMODEL']._serialized_end=1527
+  _globals['_LISTLOADEDMODELSRESPONSE']._serialized_start=1529
+  _globals['_LISTLOADEDMODELSRESPONSE']._serialized_end=1595
+  _globals['_GETINFOREQUEST']._serialized_start=1597
+  _globals['_GETINFOREQUEST']._serialized_end=1613
+  _globals['_RUNNERINFO']._serialized_start=1616
+  _globals['_RUNNERINFO']._serialized_end=1788
+  _globals['_DEVICEUSAGE']._serialized_start=1790
+  _globals['_DEVICEUSAGE']._serialized_end=1888
+  _globals['_GETINFORESPONSE']._serialized_start=1891
+  _globals['_GETINFORESPONSE']._serialized_end=2109
+  _globals['_SCHEDULERSERVICE']._serialized_start=2112
+  _globals['_SCHEDULERSERVICE']._serialized_end=2706
 # @@protoc_insertion_point(module_scope)

@@ -57,52 +57,10 @@ class ModelSpec(_message.Message):
     model_digest: str
     model_path: str
     model_size_bytes: int
-    details: ModelDetails
+    details: _common_pb2.ModelDetails
     context_length_train: int
-    geometry: ModelGeometry
-    def __init__(self, name: _Optional[str] = ..., manifest_digest: _Optional[str] = ..., model_digest: _Optional[str] = ..., model_path: _Optional[str] = ..., model_size_bytes: _Optional[int] = ..., details: _Optional[_Union[ModelDetails, _Mapping]] = ..., context_length_train: _Optional[int] = ..., geometry: _Optional[_Union[ModelGeometry, _Mapping]] = ...) -> None: ...
-
-class ModelGeometry(_message.Message):
-    __slots__ = ("block_count", "embedding_length", "head_count", "head_count_kv", "key_length", "value_length", "sliding_window", "layer_bytes", "output_bytes", "other_bytes", "vocab_size")
-    BLOCK_COUNT_FIELD_NUMBER: _ClassVar[int]
-    EMBEDDING_LENGTH_FIELD_NUMBER: _ClassVar[int]
-    HEAD_COUNT_FIELD_NUMBER: _ClassVar[int]
-    HEAD_COUNT_KV_FIELD_NUMBER: _ClassVar[int]
-    KEY_LENGTH_FIELD_NUMBER: _ClassVar[int]
-    VALUE_LENGTH_FIELD_NUMBER: _ClassVar[int]
-    SLIDING_WINDOW_FIELD_NUMBER: _ClassVar[int]
-    LAYER_BYTES_FIELD_NUMBER: _ClassVar[int]
-    OUTPUT_BYTES_FIELD_NUMBER: _ClassVar[int]
-    OTHER_BYTES_FIELD_NUMBER: _ClassVar[int]
-    VOCAB_SIZE_FIELD_NUMBER: _ClassVar[int]
-    block_count: int
-    embedding_length: int
-    head_count: int
-    head_count_kv: int
-    key_length: int
-    value_length: int
-    sliding_window: int
-    layer_bytes: _containers.RepeatedScalarFieldContainer[int]
-    output_bytes: int
-    other_bytes: int
-    vocab_size: int
-    def __init__(self, block_count: _Optional[int] = ..., embedding_length: _Optional[int] = ..., head_count: _Optional[int] = ..., head_count_kv: _Optional[int] = ..., key_length: _Optional[int] = ..., value_length: _Optional[int] = ..., sliding_window: _Optional[int] = ..., layer_bytes: _Optional[_Iterable[int]] = ..., output_bytes: _Optional[int] = ..., other_bytes: _Optional[int] = ..., vocab_size: _Optional[int] = ...) -> None: ...
-
-class ModelDetails(_message.Message):
-    __slots__ = ("parent_model", "format", "family", "families", "parameter_size", "quantization_level")
-    PARENT_MODEL_FIELD_NUMBER: _ClassVar[int]
-    FORMAT_FIELD_NUMBER: _ClassVar[int]
-    FAMILY_FIELD_NUMBER: _ClassVar[int]
-    FAMILIES_FIELD_NUMBER: _ClassVar[int]
-    PARAMETER_SIZE_FIELD_NUMBER: _ClassVar[int]
-    QUANTIZATION_LEVEL_FIELD_NUMBER: _ClassVar[int]
-    parent_model: str
-    format: str
-    family: str
-    families: _containers.RepeatedScalarFieldContainer[str]
-    parameter_size: str
-    quantization_level: str
-    def __init__(self, parent_model: _Optional[str] = ..., format: _Optional[str] = ..., family: _Optional[str] = ..., families: _Optional[_Iterable[str]] = ..., parameter_size: _Optional[str] = ..., quantization_level: _Optional[str] = ...) -> None: ...
+    geometry: _common_pb2.ModelGeometry
+    def __init__(self, name: _Optional[str] = ..., manifest_digest: _Optional[str] = ..., model_digest: _Optional[str] = ..., model_path: _Optional[str] = ..., model_size_bytes: _Optional[int] = ..., details: _Optional[_Union[_common_pb2.ModelDetails, _Mapping]] = ..., context_length_train: _Optional[int] = ..., geometry: _Optional[_Union[_common_pb2.ModelGeometry, _Mapping]] = ...) -> None: ...
 
 class AcquireModelRequest(_message.Message):
     __slots__ = ("model", "options", "keep_alive_seconds", "request_id")
@@ -175,7 +133,7 @@ class LoadedModel(_message.Message):
     NUM_PARALLEL_FIELD_NUMBER: _ClassVar[int]
     name: str
     manifest_digest: str
-    details: ModelDetails
+    details: _common_pb2.ModelDetails
     size_bytes: int
     size_vram_bytes: int
     expires_at: _timestamp_pb2.Timestamp
@@ -184,7 +142,7 @@ class LoadedModel(_message.Message):
     active_leases: int
     devices: _containers.RepeatedCompositeFieldContainer[_common_pb2.DeviceMemory]
     num_parallel: int
-    def __init__(self, name: _Optional[str] = ..., manifest_digest: _Optional[str] = ..., details: _Optional[_Union[ModelDetails, _Mapping]] = ..., size_bytes: _Optional[int] = ..., size_vram_bytes: _Optional[int] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., context_length: _Optional[int] = ..., runner_id: _Optional[str] = ..., active_leases: _Optional[int] = ..., devices: _Optional[_Iterable[_Union[_common_pb2.DeviceMemory, _Mapping]]] = ..., num_parallel: _Optional[int] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., manifest_digest: _Optional[str] = ..., details: _Optional[_Union[_common_pb2.ModelDetails, _Mapping]] = ..., size_bytes: _Optional[int] = ..., size_vram_bytes: _Optional[int] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., context_length: _Optional[int] = ..., runner_id: _Optional[str] = ..., active_leases: _Optional[int] = ..., devices: _Optional[_Iterable[_Union[_common_pb2.DeviceMemory, _Mapping]]] = ..., num_parallel: _Optional[int] = ...) -> None: ...
 
 class ListLoadedModelsResponse(_message.Message):
     __slots__ = ("models",)

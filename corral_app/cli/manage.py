@@ -88,6 +88,7 @@ def cmd_show(client: Client, args: argparse.Namespace) -> int:
         ("context length", str(mi.get(f"{arch}.context_length", ""))),
         ("embedding length", str(mi.get(f"{arch}.embedding_length", ""))),
         ("quantization", str(details.get("quantization_level", ""))),
+        ("requires", str(info.get("requires", ""))),
     ]
     params = [tuple(line.split(None, 1)) for line in (info.get("parameters") or "").splitlines() if line.strip()]
     lines = [""]

@@ -11,11 +11,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from corral.errors import CorralError
 from services.gateway import ui
 from services.gateway.anthropic import count_tokens as anthropic_count
 from services.gateway.anthropic import messages as anthropic_messages
 from services.gateway.backends import Backends
-from services.gateway.errors import HTTPError, surface_body
+from services.gateway.errors import HTTPError, from_corral, surface_body
 from services.gateway.native import chat, embed, generate, manage, meta, models, running, tokenize
 from services.gateway.observability import Observe
 from services.gateway.observability import router as metrics_router
@@ -65,6 +66,10 @@ def create_app(backends: Backends) -> FastAPI:
     @app.exception_handler(HTTPError)
     async def on_http_error(request: Request, exc: HTTPError) -> Response:
         return error_response(request, exc)
+
+    @app.exception_handler(CorralError)
+    async def on_corral_error(request: Request, exc: CorralError) -> Response:
+        return error_response(request, from_corral(exc))
 
     @app.exception_handler(RequestValidationError)
     async def on_validation(request: Request, exc: RequestValidationError) -> Response:

@@ -13,47 +13,41 @@ from typing import Any
 from google.protobuf.json_format import MessageToDict
 
 from corral.errors import CorralError
+from corral.options import LOAD, SAMPLING, Kind
 from corral.v1 import common_pb2, registry_pb2
 
 log = logging.getLogger(__name__)
 
-_FLOAT = "float32"
-_INT = "int"
-_BOOL = "bool"
 
-SAMPLING: dict[str, str] = {
-    "temperature": _FLOAT,
-    "top_k": _INT,
-    "top_p": _FLOAT,
-    "min_p": _FLOAT,
-    "typical_p": _FLOAT,
-    "repeat_penalty": _FLOAT,
-    "repeat_last_n": _INT,
-    "presence_penalty": _FLOAT,
-    "frequency_penalty": _FLOAT,
-    "seed": _INT,
-    "num_predict": _INT,
-    "num_keep": _INT,
-    "speculative": _BOOL,
-}
-LOAD: dict[str, str] = {
-    "num_ctx": _INT,
-    "num_batch": _INT,
-    "num_gpu": _INT,
-    "main_gpu": _INT,
-    "use_mmap": _BOOL,
-    "num_thread": _INT,
-}
+def _invalid(name: str, type_name: str) -> CorralError:
+    return CorralError(common_pb2.ERROR_REASON_INVALID_ARGUMENT, f'option "{name}" must be of type {type_name}')
 
 
-def _coerce(name: str, kind: str, value: Any) -> Any:
-    if kind == _BOOL:
+def _coerce(name: str, kind: Kind, value: Any) -> Any:
+    if kind == "bool":
         if isinstance(value, bool):
             return value
     elif isinstance(value, int | float) and not isinstance(value, bool):
-        return int(value) if kind == _INT else float(value)
-    type_name = {"float32": "float32", "int": "integer", "bool": "boolean"}[kind]
-    raise CorralError(common_pb2.ERROR_REASON_INVALID_ARGUMENT, f'option "{name}" must be of type {type_name}')
+        return int(value) if kind == "int" else float(value)
+    raise _invalid(name, {"float": "float32", "int": "integer", "bool": "boolean"}[kind])
+
+
+def _logit_bias(value: Any) -> dict[int, float]:
+    """Token id (an int or its decimal string, as OpenAI sends it) to a bias in [-100, 100]."""
+    if not isinstance(value, Mapping):
+        raise _invalid("logit_bias", "object")
+    out: dict[int, float] = {}
+    for key, bias in value.items():
+        try:
+            token = int(key)
+        except (TypeError, ValueError):
+            raise _invalid("logit_bias", "object of token ids") from None
+        if isinstance(bias, bool) or not isinstance(bias, int | float) or not -100 <= bias <= 100:
+            raise CorralError(
+                common_pb2.ERROR_REASON_INVALID_ARGUMENT, "logit_bias values must be numbers between -100 and 100"
+            )
+        out[token] = float(bias)
+    return out
 
 
 def model_params(model: registry_pb2.Model) -> dict[str, Any]:
@@ -70,15 +64,21 @@ def merge(model_params: Mapping[str, Any], request_options: Mapping[str, Any] | 
 def to_sampling(options: Mapping[str, Any]) -> common_pb2.SamplingOptions:
     out = common_pb2.SamplingOptions()
     for name, value in options.items():
-        if name == "stop":
-            stops = [value] if isinstance(value, str) else value
-            if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
-                raise CorralError(common_pb2.ERROR_REASON_INVALID_ARGUMENT, 'option "stop" must be of type array')
-            out.stop.extend(stops)
-        elif name in SAMPLING and value is not None:
-            setattr(out, name, _coerce(name, SAMPLING[name], value))
-        elif name not in LOAD:
-            log.warning("invalid option provided", extra={"fields": {"option": name}})
+        kind = SAMPLING.get(name)
+        if kind is None:
+            if name not in LOAD:
+                log.warning("invalid option provided", extra={"fields": {"option": name}})
+        elif value is None:
+            continue
+        elif kind == "list":  # stop: one string or a list of them
+            items = [value] if isinstance(value, str) else value
+            if not isinstance(items, list) or not all(isinstance(s, str) for s in items):
+                raise _invalid(name, "array")
+            getattr(out, name).extend(items)
+        elif kind == "map":  # logit_bias
+            getattr(out, name).update(_logit_bias(value))
+        else:
+            setattr(out, name, _coerce(name, kind, value))
     return out
 
 

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import functools
 from collections.abc import AsyncGenerator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from corral.v1 import common_pb2, registry_pb2, runner_pb2
@@ -253,3 +253,57 @@ async def prepare_chat(
         logprobs=logprobs,
         top_logprobs=top_logprobs,
     )
+
+
+def debug_info(job: Job, messages: list[dict[str, Any]]) -> dict[str, Any]:
+    """Ollama's `_debug_info` for `_debug_render_only`: the prompt as rendered, no model run.
+    (History that would not fit is cut later, on the leased instance; this is before that.)"""
+    images = sum(len(m.get("images") or []) for m in messages)
+    return {"rendered_template": job.prompt.text, "image_count": images}
+
+
+MAX_CHOICES = 16
+
+
+async def run_choices(backends: Backends, job: Job, n: int) -> AsyncGenerator[tuple[int, Event], None]:
+    """`n` generations of one job side by side, events tagged with their choice index as
+    they come. The runner evaluates their common prompt once (prefix sharing), so n
+    choices cost little more prompt time than one. With a seed, choice i uses seed + i,
+    so seeded choices differ yet repeat."""
+    if not 1 <= n <= MAX_CHOICES:
+        raise bad_request(f"n must be between 1 and {MAX_CHOICES}", "invalid_n")
+    if n == 1:
+        async with contextlib.aclosing(run(backends, job)) as events:
+            async for ev in events:
+                yield 0, ev
+        return
+    queue: asyncio.Queue[tuple[int, Event | BaseException | None]] = asyncio.Queue()
+
+    async def pump(i: int) -> None:
+        sampling = common_pb2.SamplingOptions()
+        sampling.CopyFrom(job.sampling)
+        if sampling.HasField("seed") and sampling.seed >= 0:
+            sampling.seed += i
+        try:
+            async with contextlib.aclosing(run(backends, replace(job, sampling=sampling))) as events:
+                async for ev in events:
+                    await queue.put((i, ev))
+        except Exception as err:  # handed to the consumer, which raises it
+            await queue.put((i, err))
+        await queue.put((i, None))
+
+    tasks = [asyncio.create_task(pump(i)) for i in range(n)]
+    try:
+        running = n
+        while running:
+            i, item = await queue.get()
+            if item is None:
+                running -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield i, item
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from corral.errors import CorralError
-from corral.modelfile import parse_spec
+from corral.modelfile import check_requires, parse_spec
 from corral.v1 import common_pb2
 from services.registry.convert import is_safetensors_model
 from services.registry.convert.jobs import convert_job, quantize_job, stage
@@ -63,6 +63,7 @@ class CreateRequest:
     quantize: str = ""
     messages: tuple[tuple[str, str], ...] | None = None  # None: keep the parent's
     modelfile: str = ""  # Modelfile text; the fields above override it
+    requires: str = ""  # minimum server version (semver); "" keeps the parent's
 
 
 @dataclass(frozen=True)
@@ -162,6 +163,7 @@ def apply_modelfile(req: CreateRequest) -> CreateRequest:
         parameters={**spec.parameters, **req.parameters},
         license=req.license or tuple(spec.license),
         messages=req.messages if req.messages is not None else (tuple(spec.messages) or None),
+        requires=req.requires or spec.requires,
     )
 
 
@@ -212,6 +214,8 @@ async def create_model(registry: Registry, req: CreateRequest) -> AsyncIterator[
         if weights is None:
             raise _invalid("no model weights were supplied")
         config = new_config(weights.architecture, human_number(weights.parameter_count), weights.file_type_name)
+    if req.requires:  # informational, as in Ollama: shown, not enforced
+        config = {**config, "requires": check_requires(req.requires)}
     for path in sorted(adapters):
         await registry.gguf_info(adapters[path])  # must be a GGUF
         layers.append(Layer(MEDIA_ADAPTER, adapters[path], await registry.stat_blob(adapters[path]) or 0))

@@ -88,7 +88,7 @@ _BLOCK = re.compile(r"^blk\.(\d+)\.")
 
 @dataclass(frozen=True)
 class Geometry:
-    """What the scheduler's memory estimate needs (scheduler_pb2.ModelGeometry)."""
+    """What the scheduler's memory estimate needs (common_pb2.ModelGeometry)."""
 
     block_count: int = 0
     embedding_length: int = 0

@@ -13,7 +13,7 @@ import grpc
 from google.protobuf import json_format, struct_pb2
 
 from corral.errors import CorralError
-from corral.v1 import common_pb2, registry_pb2, registry_pb2_grpc, scheduler_pb2
+from corral.v1 import common_pb2, registry_pb2, registry_pb2_grpc
 from services.registry.core import Registry
 from services.registry.create import CreateRequest, Progress
 from services.registry.digests import INVALID_DIGEST_MESSAGE
@@ -32,7 +32,7 @@ def model_to_proto(m: StoredModel) -> registry_pb2.Model:
         full_name=m.full_name,
         manifest_digest=m.manifest_digest,
         size_bytes=m.size,
-        details=scheduler_pb2.ModelDetails(
+        details=common_pb2.ModelDetails(
             parent_model=m.details.parent_model,
             format=m.details.format,
             family=m.details.family,
@@ -59,7 +59,7 @@ def model_to_proto(m: StoredModel) -> registry_pb2.Model:
     out.modified_at.FromNanoseconds(m.modified_at_ns)
     if m.gguf is not None:
         g = geometry(m.gguf)
-        out.geometry.CopyFrom(scheduler_pb2.ModelGeometry(**{**g.__dict__, "layer_bytes": list(g.layer_bytes)}))
+        out.geometry.CopyFrom(common_pb2.ModelGeometry(**{**g.__dict__, "layer_bytes": list(g.layer_bytes)}))
     if m.parameters:
         out.parameters.update(m.parameters)
     return out
@@ -118,6 +118,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             quantize=request.quantize,
             messages=tuple((m.role, m.content) for m in request.messages) or None,
             modelfile=request.modelfile,
+            requires=request.requires,
         )
         await _write_all(context, self._create_events(req))
         return
@@ -198,6 +199,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             capabilities=list(r.model.capabilities),
             messages=[registry_pb2.ModelMessage(role=role, content=text) for role, text in r.messages],
             tensors=[registry_pb2.TensorInfo(name=t.name, type=t.type, shape=t.shape) for t in r.tensors],
+            requires=str(r.model.config.get("requires") or ""),
         )
         out.modified_at.CopyFrom(base.modified_at)
         return out

@@ -138,6 +138,8 @@ class Batcher:
             toks = nm.tokenize(spec.prompt, add_special=spec.add_bos, parse_special=True)
         if not toks:
             raise CorralError(common_pb2.ERROR_REASON_INVALID_ARGUMENT, "the prompt is empty")
+        if any(t < 0 or t >= nm.n_vocab for t, _ in spec.params.logit_bias):
+            raise CorralError(common_pb2.ERROR_REASON_INVALID_ARGUMENT, "logit_bias token id out of range")
         if len(toks) >= nm.num_ctx:
             if not spec.truncate:
                 raise CorralError(common_pb2.ERROR_REASON_PROMPT_TOO_LONG, PROMPT_TOO_LONG)

@@ -63,7 +63,7 @@ def grammar_error(lines: list[tuple[int, str]]) -> str:
 
 def exact_subset_k(p: SamplingParams) -> int:
     """How many allowed tokens among the top SUBSET make the subset filter exact; 0 = never."""
-    if p.repeat_penalty != 1.0 or p.presence_penalty != 0.0 or p.frequency_penalty != 0.0:
+    if p.repeat_penalty != 1.0 or p.presence_penalty != 0.0 or p.frequency_penalty != 0.0 or p.logit_bias:
         return 0
     if p.temperature <= 0:
         return 1

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from typing import Any
 
 import llama_cpp as lc
 
+from corral.options import field_kind
 from corral.v1 import common_pb2
 
 
@@ -30,41 +32,36 @@ class SamplingParams:
     # Prompt-lookup drafting (Corral's own option). Off by default: a draft verified in one batch
     # rounds differently from one-token decodes on CPU, so greedy text can differ (docs/runner.md).
     speculative: bool = False
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias added to its logit)
 
     @classmethod
     def from_proto(cls, opts: common_pb2.SamplingOptions) -> SamplingParams:
-        d = cls()
-
-        def pick(name: str, default: float | int) -> float | int:
-            return getattr(opts, name) if opts.HasField(name) else default  # type: ignore[arg-type]
-
-        return cls(
-            temperature=float(pick("temperature", d.temperature)),
-            top_k=int(pick("top_k", d.top_k)),
-            top_p=float(pick("top_p", d.top_p)),
-            min_p=float(pick("min_p", d.min_p)),
-            typical_p=float(pick("typical_p", d.typical_p)),
-            repeat_penalty=float(pick("repeat_penalty", d.repeat_penalty)),
-            repeat_last_n=int(pick("repeat_last_n", d.repeat_last_n)),
-            presence_penalty=float(pick("presence_penalty", d.presence_penalty)),
-            frequency_penalty=float(pick("frequency_penalty", d.frequency_penalty)),
-            seed=int(pick("seed", d.seed)),
-            num_predict=int(pick("num_predict", d.num_predict)),
-            stop=tuple(opts.stop),
-            num_keep=int(pick("num_keep", d.num_keep)),
-            speculative=bool(opts.speculative) if opts.HasField("speculative") else d.speculative,
-        )
+        """Every field set in `opts` overrides its default (the fields are corral.options.SAMPLING)."""
+        given: dict[str, Any] = {}
+        for f in opts.DESCRIPTOR.fields:
+            kind = field_kind(f)
+            if kind == "list":
+                given[f.name] = tuple(getattr(opts, f.name))
+            elif kind == "map":
+                given[f.name] = tuple(sorted(getattr(opts, f.name).items()))
+            elif opts.HasField(f.name):
+                given[f.name] = getattr(opts, f.name)
+        return cls(**given)
 
 
 def build_chain(params: SamplingParams, vocab: lc.llama_vocab_p, n_ctx_seq: int) -> lc.llama_sampler_p:
     """A sampler chain for one sequence; the caller frees it with llama_sampler_free.
 
-    Order follows llama-server: penalties, top-k, typical, top-p, min-p,
+    Order follows llama-server: logit bias, penalties, top-k, typical, top-p, min-p,
     temperature, then the random draw (or greedy at temperature <= 0). A grammar
     is kept outside the chain (grammar.TokenSampler) for the rejection fast path.
     """
     chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
     add = lambda s: lc.llama_sampler_chain_add(chain, s)  # noqa: E731
+    if params.logit_bias:
+        n = len(params.logit_bias)
+        biases = (lc.llama_logit_bias * n)(*(lc.llama_logit_bias(t, b) for t, b in params.logit_bias))
+        add(lc.llama_sampler_init_logit_bias(lc.llama_vocab_n_tokens(vocab), n, biases))  # copies the array
     last_n = n_ctx_seq if params.repeat_last_n < 0 else params.repeat_last_n
     penalised = params.repeat_penalty != 1.0 or params.presence_penalty != 0.0 or params.frequency_penalty != 0.0
     if penalised and last_n > 0:

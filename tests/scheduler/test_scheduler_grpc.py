@@ -226,7 +226,7 @@ async def test_cancelled_waiter_leaves_the_queue_at_once(stack: Stack) -> None:
 def big_spec(name: str, layers: int, layer_bytes: int) -> scheduler_pb2.ModelSpec:
     s = spec(name, size=layers * layer_bytes)
     s.geometry.CopyFrom(
-        scheduler_pb2.ModelGeometry(
+        common_pb2.ModelGeometry(
             block_count=layers,
             embedding_length=8192,
             head_count=64,

@@ -8,7 +8,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from services.gateway import inference, options, pipeline, toolchoice
 from services.gateway.errors import bad_request
@@ -36,6 +36,7 @@ class ChatRequest(BaseModel):
     shift: bool = True
     logprobs: bool = False
     top_logprobs: int = 0
+    debug_render_only: bool = Field(False, alias="_debug_render_only")
 
 
 def normalize_messages(raw: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -118,10 +119,11 @@ async def chat(request: Request) -> Response:
             }
         )
 
+    messages = normalize_messages(req.messages)
     job = await pipeline.prepare_chat(
         backends,
         req.model,
-        normalize_messages(req.messages),
+        messages,
         tools=req.tools,
         fmt=req.format,
         request_options=req.options,
@@ -133,6 +135,16 @@ async def chat(request: Request) -> Response:
         grammar=req.grammar or "",
     )
     job.truncate, job.shift = req.truncate, req.shift
+    if req.debug_render_only:
+        return json_response(
+            {
+                "model": req.model,
+                "created_at": now_rfc3339(),
+                "message": {"role": "assistant", "content": ""},
+                "done": True,
+                "_debug_info": pipeline.debug_info(job, messages),
+            }
+        )
     runner_stream = pipeline.run(backends, job)
 
     async def chunks() -> AsyncGenerator[dict[str, Any], None]:

@@ -9,7 +9,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from corral.v1 import runner_pb2
 from services.gateway import formats, inference, options, pipeline, prompts
@@ -42,6 +42,7 @@ class GenerateRequest(BaseModel):
     shift: bool = True
     logprobs: bool = False
     top_logprobs: int = 0
+    debug_render_only: bool = Field(False, alias="_debug_render_only")
 
 
 def _check_context(context: list[int] | None) -> list[int]:
@@ -120,6 +121,10 @@ async def generate(request: Request) -> Response:
         context=context,
         return_context=not req.raw,  # Ollama returns no context in raw mode
     )
+    if req.debug_render_only:
+        info = {"rendered_template": rendered.text, "image_count": len(req.images or [])}
+        out = {"model": req.model, "created_at": now_rfc3339(), "response": "", "done": True, "_debug_info": info}
+        return json_response(out)
     runner_stream = pipeline.run(backends, job)
 
     async def chunks() -> AsyncGenerator[dict[str, Any], None]:

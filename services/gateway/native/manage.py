@@ -59,6 +59,8 @@ async def show(request: Request) -> Response:
         out["tensors"] = [{"name": t.name, "type": t.type, "shape": list(t.shape)} for t in r.tensors]
     out["capabilities"] = list(r.capabilities)
     out["modified_at"] = rfc3339(r.modified_at.ToDatetime().replace(tzinfo=None))
+    if r.requires:
+        out["requires"] = r.requires
     return json_response(out)
 
 

@@ -11,7 +11,7 @@ from fastapi.responses import Response
 from google.protobuf.struct_pb2 import Struct
 from pydantic import BaseModel, ConfigDict, Field
 
-from corral.v1 import registry_pb2, scheduler_pb2
+from corral.v1 import common_pb2, registry_pb2
 from services.gateway import errors
 from services.gateway.http import json_response, parse_body, rfc3339
 from services.gateway.native.common import progress_reply
@@ -20,7 +20,7 @@ router = APIRouter()
 UPLOAD_CHUNK = 1 << 20
 
 
-def details_json(d: scheduler_pb2.ModelDetails, parent: bool = True) -> dict[str, Any]:
+def details_json(d: common_pb2.ModelDetails, parent: bool = True) -> dict[str, Any]:
     out: dict[str, Any] = {
         "format": d.format,
         "family": d.family,
@@ -74,6 +74,7 @@ class CreateRequest(BaseModel):
     quantization: str = ""
     messages: list[dict[str, Any]] | None = None
     modelfile: str = ""  # older Ollama clients send the Modelfile text
+    requires: str = ""
 
 
 @router.post("/api/create")
@@ -89,6 +90,7 @@ async def create(request: Request) -> Response:
     req = registry_pb2.CreateModelRequest(
         messages=messages,
         modelfile=body.modelfile,
+        requires=body.requires,
         name=name,
         files=body.files or {},
         adapters=body.adapters or {},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import AsyncGenerator
@@ -12,7 +13,7 @@ from fastapi.responses import Response
 
 from services.gateway import pipeline, toolchoice
 from services.gateway.errors import bad_request, openai_body
-from services.gateway.http import collect, parse_json
+from services.gateway.http import collect, json_response, parse_json
 from services.gateway.native.common import keep_alive
 from services.gateway.openai import common
 from services.gateway.sse import Event, sse_stream
@@ -131,15 +132,16 @@ async def chat_completions(request: Request) -> Response:
     body = await parse_json(request)
     if not body.get("model"):
         raise bad_request("model is required", "model_required")
-    common.check_n(body)
+    n = common.choice_count(body)
     effort = body.get("reasoning_effort") or (body.get("reasoning") or {}).get("effort")
     think = pipeline.parse_think(common.think_from_effort(effort))
     top = body.get("top_logprobs") or 0
     backends = request.app.state.backends
+    messages = to_ollama_messages(body.get("messages"))
     job = await pipeline.prepare_chat(
         backends,
         body["model"],
-        to_ollama_messages(body.get("messages")),
+        messages,
         tools=body.get("tools") or None,
         fmt=response_format(body.get("response_format")),
         request_options=common.sampling_options(body),
@@ -153,21 +155,22 @@ async def chat_completions(request: Request) -> Response:
     )
     cid, created, model = common.new_id("chatcmpl"), int(time.time()), body["model"]
     base = {"id": cid, "created": created, "model": model, "system_fingerprint": "fp_ollama"}
-    stream = pipeline.run(backends, job)
+    if body.get("_debug_render_only"):
+        info = pipeline.debug_info(job, messages)
+        empty = {"index": 0, "message": {"role": "assistant", "content": ""}, "finish_reason": "stop", "logprobs": None}
+        return json_response({**base, "object": "chat.completion", "choices": [empty], "_debug_info": info})
+    events = pipeline.run_choices(backends, job, n)
 
     if body.get("stream"):
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        return await sse_stream(_stream(stream, base, include_usage), openai_body)
+        return await sse_stream(_stream(events, base, include_usage), openai_body)
 
     async def chunks() -> AsyncGenerator[dict[str, Any], None]:
-        try:
-            async for ev in stream:
-                yield {"ev": ev}
-        finally:
-            await stream.aclose()
+        async with contextlib.aclosing(events):
+            async for i, ev in events:
+                yield {"i": i, "ev": ev}
 
-    def merge(items: list[dict[str, Any]]) -> dict[str, Any]:
-        evs: list[pipeline.Event] = [i["ev"] for i in items]
+    def choice(i: int, evs: list[pipeline.Event]) -> dict[str, Any]:
         calls = [tc for e in evs for tc in e.tool_calls]
         msg: dict[str, Any] = {"role": "assistant", "content": "".join(e.content for e in evs)}
         reasoning = "".join(e.thinking for e in evs)
@@ -175,54 +178,67 @@ async def chat_completions(request: Request) -> Response:
             msg["reasoning"] = reasoning
         if calls:
             msg["tool_calls"] = openai_tool_calls(calls, False)
-        choice: dict[str, Any] = {
-            "index": 0,
+        lps = [lp for e in evs for lp in e.logprobs]
+        return {
+            "index": i,
             "message": msg,
             "finish_reason": common.finish_reason(evs[-1], bool(calls)),
+            "logprobs": {"content": common.openai_logprobs(lps)} if lps else None,
         }
-        lps = [lp for e in evs for lp in e.logprobs]
-        choice["logprobs"] = {"content": common.openai_logprobs(lps)} if lps else None
-        return {**base, "object": "chat.completion", "choices": [choice], "usage": common.usage(evs[-1])}
+
+    def merge(items: list[dict[str, Any]]) -> dict[str, Any]:
+        by_choice: dict[int, list[pipeline.Event]] = {}
+        for item in items:
+            by_choice.setdefault(item["i"], []).append(item["ev"])
+        choices = [choice(i, evs) for i, evs in sorted(by_choice.items())]
+        usage = common.total_usage([evs[-1] for evs in by_choice.values()])
+        return {**base, "object": "chat.completion", "choices": choices, "usage": usage}
 
     return await collect(request, chunks(), merge, error_body=openai_body)
 
 
 async def _stream(
-    events: AsyncGenerator[pipeline.Event, None], base: dict[str, Any], include_usage: bool
+    events: AsyncGenerator[tuple[int, pipeline.Event], None], base: dict[str, Any], include_usage: bool
 ) -> AsyncGenerator[Event, None]:
-    first = True
-    had_tools = False
+    started: set[int] = set()
+    had_tools: set[int] = set()
+    last: dict[int, pipeline.Event] = {}
 
-    def chunk(delta: dict[str, Any], finish: str | None = None, logprobs: Any = None) -> Event:
-        choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": finish}
+    def chunk(i: int, delta: dict[str, Any], finish: str | None = None, logprobs: Any = None) -> Event:
+        if i not in started:
+            delta = {"role": "assistant", **delta}
+            started.add(i)
+        choice: dict[str, Any] = {"index": i, "delta": delta, "finish_reason": finish}
         if logprobs:
             choice["logprobs"] = {"content": common.openai_logprobs(logprobs)}
         return None, {**base, "object": "chat.completion.chunk", "choices": [choice]}
 
-    try:
-        last: pipeline.Event | None = None
-        async for ev in events:
-            last = ev
+    def finish(i: int) -> Event:
+        if i not in started:
+            return chunk(i, {"content": ""}, common.finish_reason(last[i], i in had_tools))
+        return chunk(i, {}, common.finish_reason(last[i], i in had_tools))
+
+    async with contextlib.aclosing(events):
+        async for i, ev in events:
+            last[i] = ev
             pieces: list[dict[str, Any]] = []
             if ev.thinking:
                 pieces.append({"content": "", "reasoning": ev.thinking})
             if ev.content or ev.logprobs:
                 pieces.append({"content": ev.content})
             if ev.tool_calls:
-                had_tools = True
+                had_tools.add(i)
                 pieces.append({"tool_calls": openai_tool_calls(ev.tool_calls, True)})
-            for i, delta in enumerate(pieces):
-                if first:
-                    delta = {"role": "assistant", **delta}
-                    first = False
-                yield chunk(delta, logprobs=ev.logprobs if i == len(pieces) - 1 else None)
-        if last is None:
+            for k, delta in enumerate(pieces):
+                yield chunk(i, delta, logprobs=ev.logprobs if k == len(pieces) - 1 else None)
+            if ev.done:
+                yield finish(i)
+        if not last:
             return
-        if first:
-            yield chunk({"role": "assistant", "content": ""})
-        yield chunk({}, common.finish_reason(last, had_tools))
+        for i, ev in sorted(last.items()):
+            if not ev.done:
+                yield finish(i)
         if include_usage:
-            yield None, {**base, "object": "chat.completion.chunk", "choices": [], "usage": common.usage(last)}
+            usage = common.total_usage(list(last.values()))
+            yield None, {**base, "object": "chat.completion.chunk", "choices": [], "usage": usage}
         yield None, "[DONE]"
-    finally:
-        await events.aclose()

@@ -43,7 +43,7 @@ def sampling_options(body: dict[str, Any]) -> dict[str, Any]:
     max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
     if max_tokens is not None:
         opts["num_predict"] = max_tokens
-    for key in ("seed", "frequency_penalty", "presence_penalty"):
+    for key in ("seed", "frequency_penalty", "presence_penalty", "logit_bias"):
         if body.get(key) is not None:
             opts[key] = body[key]
     stop = body.get("stop")
@@ -56,10 +56,14 @@ def sampling_options(body: dict[str, Any]) -> dict[str, Any]:
     return opts
 
 
-def check_n(body: dict[str, Any]) -> None:
+def choice_count(body: dict[str, Any]) -> int:
+    """OpenAI's `n`; pipeline.run_choices bounds it."""
     n = body.get("n")
-    if n is not None and n != 1:
-        raise bad_request("n > 1 is not supported: request one choice at a time", "unsupported_n")
+    if n is None:
+        return 1
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise bad_request("n must be an integer", "invalid_n")
+    return n
 
 
 def finish_reason(ev: Event, had_tools: bool) -> str:
@@ -69,10 +73,11 @@ def finish_reason(ev: Event, had_tools: bool) -> str:
     return "tool_calls" if had_tools and reason == "stop" else reason
 
 
-def usage(ev: Event) -> dict[str, int]:
-    s = ev.final.stats if ev.final is not None else None
-    prompt = s.prompt_eval_count if s else 0
-    completion = s.eval_count if s else 0
+def total_usage(finals: list[Event]) -> dict[str, int]:
+    """Usage of the choices of one prompt: the prompt counted once, every completion."""
+    stats = [ev.final.stats for ev in finals if ev.final is not None]
+    prompt = max((s.prompt_eval_count for s in stats), default=0)
+    completion = sum(s.eval_count for s in stats)
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 

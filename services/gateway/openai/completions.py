@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import AsyncGenerator
 from typing import Any
@@ -37,7 +38,7 @@ async def completions(request: Request) -> Response:
     body = await parse_json(request)
     if not body.get("model"):
         raise bad_request("model is required", "model_required")
-    common.check_n(body)
+    n = common.choice_count(body)
     items = _prompts(body.get("prompt"))
     backends = request.app.state.backends
     model = await inference.resolve(backends, body["model"])
@@ -74,13 +75,19 @@ async def completions(request: Request) -> Response:
     }
 
     async def events() -> AsyncGenerator[tuple[int, pipeline.Event], None]:
+        """Choices in OpenAI's order: prompt by prompt, `n` for each (index = prompt * n + choice)."""
         for i, j in enumerate(jobs):
-            stream = pipeline.run(backends, j)
-            try:
-                async for ev in stream:
-                    yield i, ev
-            finally:
-                await stream.aclose()
+            async with contextlib.aclosing(pipeline.run_choices(backends, j, n)) as stream:
+                async for k, ev in stream:
+                    yield i * n + k, ev
+
+    def usage(finals: dict[int, pipeline.Event]) -> dict[str, int]:
+        totals = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+        for i in range(len(jobs)):
+            per_prompt = common.total_usage([ev for k, ev in finals.items() if k // n == i])
+            for key, v in per_prompt.items():
+                totals[key] += v
+        return totals
 
     def logprobs_obj(lps: list[dict[str, Any]]) -> dict[str, Any] | None:
         if not lps:
@@ -95,7 +102,7 @@ async def completions(request: Request) -> Response:
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
 
         async def sse() -> AsyncGenerator[Event, None]:
-            totals = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+            finals: dict[int, pipeline.Event] = {}
             async for i, ev in events():
                 finish = common.finish_reason(ev, False) if ev.done else None
                 choice = {
@@ -106,10 +113,9 @@ async def completions(request: Request) -> Response:
                 }
                 yield None, {**base, "choices": [choice]}
                 if ev.done:
-                    for k, v in common.usage(ev).items():
-                        totals[k] += v
+                    finals[i] = ev
             if include_usage:
-                yield None, {**base, "choices": [], "usage": totals}
+                yield None, {**base, "choices": [], "usage": usage(finals)}
             yield None, "[DONE]"
 
         return await sse_stream(sse(), openai_body)
@@ -120,9 +126,11 @@ async def completions(request: Request) -> Response:
 
     def merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
         choices = []
-        totals = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
-        for i in range(len(jobs)):
+        finals: dict[int, pipeline.Event] = {}
+        for i in range(len(jobs) * n):
             evs: list[pipeline.Event] = [p["ev"] for p in parts if p["i"] == i]
+            if not evs:
+                continue
             last = evs[-1]
             lps = [lp for e in evs for lp in e.logprobs]
             choices.append(
@@ -133,8 +141,7 @@ async def completions(request: Request) -> Response:
                     "finish_reason": common.finish_reason(last, False),
                 }
             )
-            for k, v in common.usage(last).items():
-                totals[k] += v
-        return {**base, "choices": choices, "usage": totals}
+            finals[i] = last
+        return {**base, "choices": choices, "usage": usage(finals)}
 
     return await collect(request, chunks(), merge, error_body=openai_body)
