@@ -47,6 +47,14 @@ VARS: tuple[Var, ...] = (
         "CORRAL_FLASH_ATTENTION", "", "Force flash attention on (1) or off (0); empty = auto.", "OLLAMA_FLASH_ATTENTION"
     ),
     Var("CORRAL_KV_CACHE_TYPE", "f16", "KV cache type: f16, q8_0 or q4_0.", "OLLAMA_KV_CACHE_TYPE"),
+    Var(
+        "CORRAL_BATCH_INVARIANT",
+        "",
+        "1 = CPU kernels that give a sequence the same logits whatever shares its batch, so greedy text never"
+        " depends on load, prefix sharing or caching, and speculative decoding is on by default; implies"
+        " flash attention and a q8_0 KV cache (unless q4_0 is set). Costs about a third of prompt speed"
+        " and a few percent of decode speed (docs/runner.md).",
+    ),
     Var("CORRAL_DEBUG", "", "Log level: 1 = debug, 2 = trace (as OLLAMA_DEBUG); empty = info.", "OLLAMA_DEBUG"),
     Var("CORRAL_LOG_FORMAT", "", "Log lines: json, text, or empty = text on a terminal and JSON otherwise."),
     Var(
@@ -201,6 +209,7 @@ class Settings:
     num_thread: int
     flash_attention: bool | None
     kv_cache_type: str
+    batch_invariant: bool
     debug: int  # logging level, corral.logs.level
     registry_addr: str
     gateway_health_addr: str
@@ -222,6 +231,10 @@ class Settings:
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
         host, port = parse_host(raw("CORRAL_HOST", env))
         runner_addr = raw("CORRAL_RUNNER_ADDR", env)
+        # Batch invariance needs the attention kernel that never tiles or splits: flash
+        # attention over a quantized KV cache (docs/runner.md, Batch invariance).
+        invariant = bool(_bool_or_none(raw("CORRAL_BATCH_INVARIANT", env)))
+        kv_type = raw("CORRAL_KV_CACHE_TYPE", env).lower()
         return cls(
             host=host,
             port=port,
@@ -234,8 +247,9 @@ class Settings:
             sched_spread=bool(_bool_or_none(raw("CORRAL_SCHED_SPREAD", env))),
             load_timeout_seconds=parse_keep_alive(raw("CORRAL_LOAD_TIMEOUT", env), env_style=True),
             num_thread=_int("CORRAL_NUM_THREAD", env),
-            flash_attention=_bool_or_none(raw("CORRAL_FLASH_ATTENTION", env)),
-            kv_cache_type=raw("CORRAL_KV_CACHE_TYPE", env),
+            flash_attention=True if invariant else _bool_or_none(raw("CORRAL_FLASH_ATTENTION", env)),
+            kv_cache_type="q8_0" if invariant and kv_type in ("", "f16") else kv_type,
+            batch_invariant=invariant,
             debug=logs.level(raw("CORRAL_DEBUG", env)),
             registry_addr=raw("CORRAL_REGISTRY_ADDR", env),
             gateway_health_addr=raw("CORRAL_GATEWAY_HEALTH_ADDR", env),

@@ -6,7 +6,13 @@ from pathlib import Path
 
 import pytest
 
+from services.runner.native import use_batch_invariant_kernels
 from tests import assets
+
+# llama.cpp reads its kernel switch once per process, at the first decode: set it before any
+# test decodes, so the runner tests that load with batch-invariant settings (flash attention,
+# q8_0 KV) get them. Stacks started by tests/stack.py drop it again (their runners decide).
+use_batch_invariant_kernels()
 
 
 @pytest.fixture(scope="session", autouse=True)

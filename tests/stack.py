@@ -62,6 +62,7 @@ def start_stack(tmp: Path, **extra_env: str) -> Stack:
         CORRAL_HEARTBEAT_INTERVAL="1s",
         CORRAL_RUNNER_TIMEOUT="5s",
     )
+    env.pop("GGML_CPU_TILED_MM", None)  # set by tests/conftest.py for in-process runners only
     env.pop("OLLAMA_HOST", None)
     env.pop("OLLAMA_MODELS", None)
     env.update(extra_env)  # may override the defaults above (e.g. CORRAL_MODELS)

@@ -192,7 +192,7 @@ class Batcher:
             t_start=time.perf_counter_ns(),
             follow=follow,
         )
-        if p.speculative:
+        if p.speculative if p.speculative is not None else nm.batch_invariant:
             seq.ngrams = NgramIndex()
             seq.ngrams.extend(job.tokens)
         slot.seq = seq
@@ -245,7 +245,9 @@ class Batcher:
             return own, None
         self._evict(slot, 0)
         if donor is not None:
-            nm.seq_cp(donor.id, slot.id, 0, best)
+            if not nm.seq_cp(donor.id, slot.id, best):
+                slot.cached = []
+                return 0, None
         else:
             assert entry is not None
             if not nm.state_seq_set(slot.id, entry.data):
@@ -291,7 +293,9 @@ class Batcher:
         toks = seq.job.tokens
         if common_prefix(donor.cached, toks) >= n and self._window_ok(donor.id, n):
             self.nm.seq_rm(slot.id)
-            self.nm.seq_cp(donor.id, slot.id, 0, n)
+            if not self.nm.seq_cp(donor.id, slot.id, n):
+                slot.cached = []
+                return True  # evaluates its whole prompt instead
             slot.cached = toks[:n]
             seq.prompt_done = seq.n_past = seq.cached = n
             self.shared_tokens += n

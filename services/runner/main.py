@@ -15,7 +15,7 @@ from services.runner import metrics
 from services.runner.blobs import BlobCache, RegistryBlobReader
 from services.runner.core import Runner
 from services.runner.devices import DeviceInfo, DeviceProbe, cuda_env, device_tag, probe_for
-from services.runner.native import DEFAULT_NUM_CTX
+from services.runner.native import DEFAULT_NUM_CTX, use_batch_invariant_kernels
 from services.runner.promptcache import PromptCache
 from services.runner.registration import SchedulerLink
 from services.runner.servicer import LoadDefaults, RunnerServicer, register
@@ -45,6 +45,8 @@ def pin_cuda(devices: list[DeviceInfo]) -> None:
 
 
 async def serve(settings: Settings, probe: DeviceProbe | None = None) -> None:
+    if settings.batch_invariant:
+        use_batch_invariant_kernels()
     probe = probe or probe_for(settings.runner_device)
     try:
         devices = probe.probe()

@@ -11,6 +11,7 @@ import contextlib
 import ctypes
 import functools
 import logging
+import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -60,6 +61,18 @@ def cpu_has_amx() -> bool:
         return bool(ctypes.CDLL(str(lib)).ggml_cpu_has_amx_int8())
     except (OSError, AttributeError):
         return False
+
+
+def use_batch_invariant_kernels() -> None:
+    """Process-wide, before the first decode (llama.cpp reads it once): no tiled K-quant
+    matmul, which takes batches of 8 rows or more only and rounds them differently. With
+    flash attention over a quantized KV cache (never tiled or split over the KV) every
+    CPU kernel then computes a row the same whatever else is in its batch."""
+    os.environ["GGML_CPU_TILED_MM"] = "0"
+
+
+def tiled_matmul_off() -> bool:
+    return os.environ.get("GGML_CPU_TILED_MM", "").strip() == "0"
 
 
 @contextlib.contextmanager
@@ -250,6 +263,11 @@ class NativeModel:
             log.warning("quantized KV cache needs flash attention; using f16")
             kv_type = lc.GGML_TYPE_F16
         self.kv_type = kv_type
+        # Same logits for a row whatever shares its batch (use_batch_invariant_kernels);
+        # GPU kernels promise no such thing.
+        self.batch_invariant = (
+            tiled_matmul_off() and kv_type != lc.GGML_TYPE_F16 and spec.flash_attention is True and spec.num_gpu == 0
+        )
         self.threads = spec.num_thread if spec.num_thread > 0 else cpu_threads()
         cp = self.context_params(self.num_ctx * self.num_parallel, n_seq, self.n_batch, self.is_embedding)
         if not self.is_embedding:
@@ -271,7 +289,10 @@ class NativeModel:
         cp = lc.llama_context_default_params()
         cp.n_ctx = n_ctx
         cp.n_seq_max = n_seq
-        cp.kv_unified = True
+        # One stream per sequence when batch-invariant: in a shared (unified) cache a sequence's
+        # cells end up in whatever order allocation left them, and attention sums them in cell
+        # order, so the same tokens could round differently under different load.
+        cp.kv_unified = not getattr(self, "batch_invariant", False)
         cp.n_batch = n_batch
         cp.n_ubatch = n_batch
         cp.n_threads = self.threads
@@ -412,9 +433,19 @@ class NativeModel:
     def seq_rm(self, seq_id: int, p0: int = -1, p1: int = -1) -> bool:
         return bool(lc.llama_memory_seq_rm(self.mem, seq_id, p0, p1))
 
-    def seq_cp(self, src: int, dst: int, p0: int, p1: int) -> None:
-        """Shares src's KV cells in [p0, p1) with dst (unified KV: metadata only, no copy)."""
-        lc.llama_memory_seq_cp(self.mem, src, dst, p0, p1)
+    def seq_cp(self, src: int, dst: int, n: int) -> bool:
+        """Gives the empty sequence dst src's KV of positions [0, n). A unified KV cache shares
+        the cells (metadata only); per-sequence streams (batch-invariant mode) copy src's
+        snapshot, since llama.cpp copies between streams only whole. False: no room."""
+        if not self.batch_invariant:
+            lc.llama_memory_seq_cp(self.mem, src, dst, 0, n)
+            return True
+        data = self.state_seq_get(src)
+        if data is None or not self.state_seq_set(dst, data):
+            self.seq_rm(dst)
+            return False
+        self.seq_rm(dst, n)
+        return True
 
     def state_seq_get(self, seq_id: int, max_bytes: int = 1 << 62) -> bytes | None:
         """A snapshot of one sequence's KV (what llama_state_seq_set_data restores);

@@ -29,9 +29,10 @@ class SamplingParams:
     num_predict: int = -1  # negative = until stop (bounded by the engine)
     stop: tuple[str, ...] = field(default_factory=tuple)
     num_keep: int = 4
-    # Prompt-lookup drafting (Corral's own option). Off by default: a draft verified in one batch
-    # rounds differently from one-token decodes on CPU, so greedy text can differ (docs/runner.md).
-    speculative: bool = False
+    # Prompt-lookup drafting (Corral's own option). None = on where it keeps greedy text exact
+    # (batch-invariant kernels); elsewhere a draft verified in one batch can round differently
+    # from one-token decodes (docs/runner.md, Batch invariance).
+    speculative: bool | None = None
     logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias added to its logit)
 
     @classmethod

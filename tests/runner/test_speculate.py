@@ -105,7 +105,7 @@ def test_the_speculative_option_reaches_the_sampling_params() -> None:
     from services.gateway.options import to_sampling
     from services.runner.sampling import SamplingParams
 
-    assert SamplingParams.from_proto(to_sampling({})).speculative is False  # opt-in (docs/runner.md)
+    assert SamplingParams.from_proto(to_sampling({})).speculative is None  # the runner decides (docs/runner.md)
     assert SamplingParams.from_proto(to_sampling({"speculative": True})).speculative is True
     assert SamplingParams.from_proto(to_sampling({"speculative": False})).speculative is False
     with pytest.raises(CorralError):
