@@ -5,8 +5,9 @@
 
 The request asks Gemma 3 270M to rewrite a piece of code with one change, so most of the
 answer repeats the prompt: the case prompt-lookup drafting is for. Corral REST, greedy,
-one stream; each round runs the task with `speculative: false` and then with the default
-(on), alternating which goes first, and asserts that both texts are identical. Reports
+one stream; each round runs the task with `speculative: false` and with `true`, alternating
+which goes first, and reports whether both texts are identical (they are, token for token,
+with --batch-invariant; docs/runner.md). Reports
 decode tok/s (first to last token) per round and the median ratio. Not a test.
 """
 
@@ -101,11 +102,15 @@ def main() -> int:
     parser.add_argument("--tokens", type=int, default=256)
     parser.add_argument("--threads", type=int, default=psutil.cpu_count(logical=False) or 1)
     parser.add_argument("--flash-attention", choices=("0", "1"), default="0")
+    parser.add_argument("--batch-invariant", action="store_true", help="CORRAL_BATCH_INVARIANT=1 (docs/runner.md)")
     args = parser.parse_args()
     model = args.model or gemma_path()
     print(f"model {model.name}  threads {args.threads}  num_ctx {NUM_CTX}  greedy, single stream")
     with tempfile.TemporaryDirectory() as tmp:
-        stack = start_stack(Path(tmp), CORRAL_NUM_PARALLEL="1", CORRAL_FLASH_ATTENTION=args.flash_attention)
+        env = {"CORRAL_NUM_PARALLEL": "1", "CORRAL_FLASH_ATTENTION": args.flash_attention}
+        if args.batch_invariant:
+            env["CORRAL_BATCH_INVARIANT"] = "1"
+        stack = start_stack(Path(tmp), **env)
         try:
             create_model(stack.url, "bench", model)
             asyncio.run(run(Corral(stack.url, args.threads), args.rounds, args.tokens))
