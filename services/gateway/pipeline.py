@@ -223,9 +223,11 @@ async def prepare_chat(
     tool_choice: toolchoice.ToolChoice | None = None,
     grammar: str = "",
     think_budget: int = 0,
+    model: registry_pb2.Model | None = None,
 ) -> Job:
-    """Resolve, check and render a chat: what every chat-shaped surface needs."""
-    model = await inference.resolve(backends, name)
+    """Resolve (unless the caller already has the model), check and render a chat: what
+    every chat-shaped surface needs."""
+    model = model if model is not None else await inference.resolve(backends, name)
     merged = options.merge(options.model_params(model), request_options)
     check_capabilities(model, name, "chat", tools)
     resolved = resolve_think(model, name, think or Think(), relax=relax_think, coerce_level=coerce_level)

@@ -133,6 +133,7 @@ async def chat(request: Request) -> Response:
         top_logprobs=req.top_logprobs,
         tool_choice=toolchoice.from_openai(req.tool_choice),
         grammar=req.grammar or "",
+        model=model,  # resolved above for load/unload; not again
     )
     job.truncate, job.shift = req.truncate, req.shift
     if req.debug_render_only:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import AsyncGenerator
@@ -47,9 +48,10 @@ async def completions(request: Request) -> Response:
     n_logprobs = body.get("logprobs")
     ka = keep_alive(body.get("keep_alive"))
 
-    def job(prompt: str | list[int]) -> pipeline.Job:
-        if isinstance(prompt, str):
-            rendered = prompts.render_generate(model, prompt, None, False, None, body.get("suffix") or "")
+    async def job(prompt: str | list[int]) -> pipeline.Job:
+        if isinstance(prompt, str):  # templates are untrusted: rendered off the event loop
+            suffix = body.get("suffix") or ""
+            rendered = await asyncio.to_thread(prompts.render_generate, model, prompt, None, False, None, suffix)
             tokens: list[int] = []
         else:
             rendered, tokens = prompts.Prompt("", False, "raw"), prompt
@@ -64,7 +66,7 @@ async def completions(request: Request) -> Response:
             top_logprobs=int(n_logprobs or 0),
         )
 
-    jobs = [job(p) for p in items]
+    jobs = [await job(p) for p in items]
     cid, created = common.new_id("cmpl"), int(time.time())
     base = {
         "id": cid,
