@@ -257,14 +257,14 @@ async def prepare_chat(
     )
 
 
-def debug_info(job: Job, messages: list[dict[str, Any]]) -> dict[str, Any]:
+def debug_info(prompt: Prompt, messages: list[dict[str, Any]]) -> dict[str, Any]:
     """Ollama's `_debug_info` for `_debug_render_only`: the prompt as rendered, no model run.
     (History that would not fit is cut later, on the leased instance; this is before that.)"""
     images = sum(len(m.get("images") or []) for m in messages)
-    return {"rendered_template": job.prompt.text, "image_count": images}
+    return {"rendered_template": prompt.text, "image_count": images}
 
 
-MAX_CHOICES = 16
+MAX_CHOICES = 16  # bounded where requests are parsed (openai.common.choice_count)
 
 
 async def run_choices(backends: Backends, job: Job, n: int) -> AsyncGenerator[tuple[int, Event], None]:
@@ -272,8 +272,6 @@ async def run_choices(backends: Backends, job: Job, n: int) -> AsyncGenerator[tu
     they come. The runner evaluates their common prompt once (prefix sharing), so n
     choices cost little more prompt time than one. With a seed, choice i uses seed + i,
     so seeded choices differ yet repeat."""
-    if not 1 <= n <= MAX_CHOICES:
-        raise bad_request(f"n must be between 1 and {MAX_CHOICES}", "invalid_n")
     if n == 1:
         async with contextlib.aclosing(run(backends, job)) as events:
             async for ev in events:

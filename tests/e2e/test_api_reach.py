@@ -75,9 +75,11 @@ def test_n_choices_stream_interleaved_by_index(oai: openai.OpenAI, gemma: str) -
     assert chunks[-1].choices == [] and chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
 
 
+@pytest.mark.parametrize("stream", [False, True])
 @pytest.mark.parametrize("n", [0, 17, "2"])
-def test_bad_n_is_a_400(stack: Stack, gemma: str, n: object) -> None:
-    r = httpx.post(stack.url + "/v1/chat/completions", json={"model": gemma, "messages": ASK, "n": n}, timeout=60)
+def test_bad_n_is_a_400(stack: Stack, gemma: str, n: object, stream: bool) -> None:
+    body = {"model": gemma, "messages": ASK, "n": n, "stream": stream}
+    r = httpx.post(stack.url + "/v1/chat/completions", json=body, timeout=60)
     assert r.status_code == 400 and "n must be" in r.json()["error"]["message"]
 
 

@@ -143,7 +143,7 @@ async def chat(request: Request) -> Response:
                 "created_at": now_rfc3339(),
                 "message": {"role": "assistant", "content": ""},
                 "done": True,
-                "_debug_info": pipeline.debug_info(job, messages),
+                "_debug_info": pipeline.debug_info(job.prompt, messages),
             }
         )
     runner_stream = pipeline.run(backends, job)

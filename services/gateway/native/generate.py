@@ -122,7 +122,7 @@ async def generate(request: Request) -> Response:
         return_context=not req.raw,  # Ollama returns no context in raw mode
     )
     if req.debug_render_only:
-        info = {"rendered_template": rendered.text, "image_count": len(req.images or [])}
+        info = pipeline.debug_info(rendered, [{"images": req.images}])
         out = {"model": req.model, "created_at": now_rfc3339(), "response": "", "done": True, "_debug_info": info}
         return json_response(out)
     runner_stream = pipeline.run(backends, job)

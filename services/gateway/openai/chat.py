@@ -156,7 +156,7 @@ async def chat_completions(request: Request) -> Response:
     cid, created, model = common.new_id("chatcmpl"), int(time.time()), body["model"]
     base = {"id": cid, "created": created, "model": model, "system_fingerprint": "fp_ollama"}
     if body.get("_debug_render_only"):
-        info = pipeline.debug_info(job, messages)
+        info = pipeline.debug_info(job.prompt, messages)
         empty = {"index": 0, "message": {"role": "assistant", "content": ""}, "finish_reason": "stop", "logprobs": None}
         return json_response({**base, "object": "chat.completion", "choices": [empty], "_debug_info": info})
     events = pipeline.run_choices(backends, job, n)

@@ -7,7 +7,7 @@ from typing import Any
 
 from services.gateway.errors import bad_request
 from services.gateway.native.common import DONE_REASONS
-from services.gateway.pipeline import Event
+from services.gateway.pipeline import MAX_CHOICES, Event
 
 EFFORT_TO_THINK: dict[str, Any] = {
     "none": False,
@@ -57,12 +57,14 @@ def sampling_options(body: dict[str, Any]) -> dict[str, Any]:
 
 
 def choice_count(body: dict[str, Any]) -> int:
-    """OpenAI's `n`; pipeline.run_choices bounds it."""
+    """OpenAI's `n`, checked before any work so that a stream never starts with a bad one."""
     n = body.get("n")
     if n is None:
         return 1
     if isinstance(n, bool) or not isinstance(n, int):
         raise bad_request("n must be an integer", "invalid_n")
+    if not 1 <= n <= MAX_CHOICES:
+        raise bad_request(f"n must be between 1 and {MAX_CHOICES}", "invalid_n")
     return n
 
 
