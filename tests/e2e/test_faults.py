@@ -212,22 +212,28 @@ def test_runner_killed_mid_generation(fstack: Stack) -> None:
     assert_consistent(fstack)
 
 
-def test_runner_killed_while_loading(fstack: Stack) -> None:
+def kill_while_loading(fstack: Stack, service: str) -> httpx.Response:
+    """SIGKILLs `service` while the runner loads the model for a generate request; returns
+    the client's answer (a 200 or a 5xx, never a hang) once the service is back."""
     unload_all(fstack)
     t, out = in_thread(lambda: generate(fstack))
     deadline = time.monotonic() + 30
     while not runner_busy(fstack) and time.monotonic() < deadline:
         pass
-    old = kill(fstack, "runner")
+    old = kill(fstack, service)
     t.join(BOUND + 5)
     assert not t.is_alive(), "the client hung"
     r = out[0]
     assert isinstance(r, httpx.Response), r
-    # The gateway retries once on the restarted runner, else answers 5xx.
     assert r.status_code == 200 or r.status_code >= 500, r.text
+    wait_back(fstack, service, old)
+    return r
+
+
+def test_runner_killed_while_loading(fstack: Stack) -> None:
+    r = kill_while_loading(fstack, "runner")  # the gateway retries once on the restarted runner
     if r.status_code != 200:
         assert "error" in r.json()
-    wait_back(fstack, "runner", old)
     assert_consistent(fstack)
 
 
@@ -293,18 +299,7 @@ def test_gateway_killed_mid_generation(fstack: Stack) -> None:
 
 
 def test_registry_killed_while_loading(fstack: Stack) -> None:
-    unload_all(fstack)
-    t, out = in_thread(lambda: generate(fstack))
-    deadline = time.monotonic() + 30
-    while not runner_busy(fstack) and time.monotonic() < deadline:
-        pass
-    old = kill(fstack, "registry")
-    t.join(BOUND + 5)
-    assert not t.is_alive(), "the client hung"
-    r = out[0]
-    assert isinstance(r, httpx.Response), r
-    assert r.status_code == 200 or r.status_code >= 500, r.text
-    wait_back(fstack, "registry", old)
+    kill_while_loading(fstack, "registry")
     assert_consistent(fstack)
 
 
