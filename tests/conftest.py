@@ -8,6 +8,7 @@ import pytest
 
 from services.runner.native import use_batch_invariant_kernels
 from tests import assets
+from tests.registry.oci import OciRegistry, start_oci_registry
 
 # llama.cpp reads its kernel switch once per process, at the first decode: set it before any
 # test decodes, so the runner tests that load with batch-invariant settings (flash attention,
@@ -23,6 +24,14 @@ def llama_defaults_like_the_runner() -> Iterator[None]:
 
     with high_level_defaults_like_the_runner():
         yield
+
+
+@pytest.fixture(scope="module")
+def oci(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OciRegistry]:
+    """A real OCI registry (Debian's docker-registry) on loopback, one per test module."""
+    reg = start_oci_registry(tmp_path_factory.mktemp("oci"))
+    yield reg
+    reg.stop()
 
 
 @pytest.fixture(scope="session")

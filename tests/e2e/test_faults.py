@@ -22,7 +22,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.registry.oci import OciRegistry, Proxy, start_oci_registry
+from tests.registry.oci import OciRegistry, Proxy
 from tests.stack import Stack, create_model, start_stack, stop_stack
 
 pytestmark = pytest.mark.e2e
@@ -44,13 +44,6 @@ def fstack(tmp_path_factory: pytest.TempPathFactory, gemma_path: Path) -> Iterat
         yield s
     finally:
         stop_stack(s)
-
-
-@pytest.fixture(scope="module")
-def oci(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OciRegistry]:
-    reg = start_oci_registry(tmp_path_factory.mktemp("oci"))
-    yield reg
-    reg.stop()
 
 
 # ---- helpers ---------------------------------------------------------------

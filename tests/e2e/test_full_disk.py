@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from tests.ggufs import write_tiny_gguf
-from tests.registry.oci import OciRegistry, start_oci_registry
+from tests.registry.oci import OciRegistry
 from tests.stack import Stack, create_model, start_stack, stop_stack
 
 pytestmark = pytest.mark.e2e
@@ -49,13 +49,6 @@ def small(small_fs: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         yield s
     finally:
         stop_stack(s)
-
-
-@pytest.fixture(scope="module")
-def oci(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OciRegistry]:
-    reg = start_oci_registry(tmp_path_factory.mktemp("oci"))
-    yield reg
-    reg.stop()
 
 
 def _digest(data: bytes) -> str:

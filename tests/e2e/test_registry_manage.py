@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -19,17 +19,10 @@ import ollama
 import pytest
 
 from tests import ggufs
-from tests.registry.oci import OciRegistry, start_oci_registry
+from tests.registry.oci import OciRegistry
 from tests.stack import Stack, create_model
 
 TEMPLATE = "<start_of_turn>user\n{{ .Prompt }}<end_of_turn>\n<start_of_turn>model\n"
-
-
-@pytest.fixture(scope="module")
-def oci(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OciRegistry]:
-    reg = start_oci_registry(tmp_path_factory.mktemp("oci"))
-    yield reg
-    reg.stop()
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from tests.ggufs import write_tiny_gguf
-from tests.registry.oci import OciRegistry, Proxy, start_oci_registry
+from tests.registry.oci import OciRegistry, Proxy
 from tests.stack import Stack, create_model, start_stack, stop_stack
 
 GREEDY = {"temperature": 0, "num_predict": 8, "num_ctx": 512}
@@ -71,13 +71,6 @@ def wait_registry_back(stack: Stack, old_pid: int) -> None:
                 pass
         time.sleep(0.2)
     pytest.fail(f"the registry service was not restarted:\n{stack.logs()}")
-
-
-@pytest.fixture(scope="module")
-def oci(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OciRegistry]:
-    reg = start_oci_registry(tmp_path_factory.mktemp("oci"))
-    yield reg
-    reg.stop()
 
 
 @pytest.fixture(scope="module")

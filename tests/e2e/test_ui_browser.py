@@ -21,7 +21,7 @@ import pytest
 
 from corral.v1 import runner_pb2, runner_pb2_grpc
 from tests.ggufs import write_tiny_gguf
-from tests.registry.oci import OciRegistry, Proxy, start_oci_registry
+from tests.registry.oci import OciRegistry, Proxy
 from tests.stack import Stack, create_model, start_stack, stop_stack
 
 playwright_sync = pytest.importorskip("playwright.sync_api")
@@ -226,13 +226,6 @@ def test_thinking_is_shown_apart_from_the_answer(tab: Tab, stack: Stack, gemma: 
     tab.shot("thinking")
     assert page.inner_text(".msg.assistant .thought") == "8,"
     assert page.inner_text(".msg.assistant .content").startswith(", 10,")
-
-
-@pytest.fixture(scope="module")
-def oci(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OciRegistry]:
-    reg = start_oci_registry(tmp_path_factory.mktemp("oci-ui"))
-    yield reg
-    reg.stop()
 
 
 def test_models_page_pulls_with_a_progress_bar_copies_and_deletes(

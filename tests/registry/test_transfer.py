@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -15,16 +15,9 @@ from services.registry.download import TransferSettings, partial_name
 from services.registry.manifest import Manifest
 from tests.ggufs import TinyGGUF, file_digest, write_tiny_gguf
 from tests.registry.helpers import events, publish
-from tests.registry.oci import OciRegistry, Proxy, start_oci_registry
+from tests.registry.oci import OciRegistry, Proxy
 
 SMALL_PARTS = TransferSettings(parallel=2, min_part=1 << 20, save_seconds=0.05, backoff_seconds=0.05)
-
-
-@pytest.fixture(scope="module")
-def oci(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OciRegistry]:
-    reg = start_oci_registry(tmp_path_factory.mktemp("oci"))
-    yield reg
-    reg.stop()
 
 
 @pytest.fixture(scope="module")
