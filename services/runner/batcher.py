@@ -231,7 +231,9 @@ class Batcher:
         follow = None
         for other in self.slots:  # a sequence now evaluating a longer prefix of this prompt
             o = other.seq
-            if other is slot or o is None or o.prompt_done >= len(o.job.tokens):
+            # Not a follower itself: its copy is a snapshot whose window may already be past
+            # this prompt's shorter prefix. Its own donor is a candidate in this loop anyway.
+            if other is slot or o is None or o.follow is not None or o.prompt_done >= len(o.job.tokens):
                 continue
             n = min(common_prefix(o.job.tokens, toks), limit)
             if n >= max(best, o.prompt_done) + MIN_SHARE:
@@ -330,14 +332,16 @@ class Batcher:
             (s for s in busy if s.seq is not None and s.seq.prompt_done < len(s.seq.job.tokens)),
             key=lambda s: s.seq.order if s.seq else 0,
         )
-        # Where donors must pause so followers can copy exactly the shared prefix.
+        # Where donors must pause next so each follower can copy exactly its shared prefix
+        # (a donor past a follower's boundary may hold a window that no longer serves it).
         stops: dict[int, int] = {}
         for slot in prefill:
             seq = slot.seq
             assert seq is not None
             if seq.follow is not None:
-                donor, _job, at = seq.follow
-                stops[donor.id] = min(stops.get(donor.id, at), at)
+                donor, job, at = seq.follow
+                if donor.seq is not None and donor.seq.job is job and at > donor.seq.prompt_done:
+                    stops[donor.id] = min(stops.get(donor.id, at), at)
         for slot in prefill:
             seq = slot.seq
             assert seq is not None
@@ -345,7 +349,6 @@ class Batcher:
                 continue
             toks = seq.job.tokens
             end = stops.get(slot.id, len(toks))
-            end = end if end > seq.prompt_done else len(toks)
             take = min(budget, end - seq.prompt_done)
             if take <= 0:
                 break

@@ -23,7 +23,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.ggufs import write_tiny_gguf
-from tests.registry.oci import OciRegistry, start_oci_registry
+from tests.registry.oci import OciRegistry
 from tests.stack import Stack, create_model, free_port, start_stack, stop_stack
 
 SERVICES = ("registry", "scheduler", "runner")
@@ -122,13 +122,6 @@ def observed(tmp_path_factory: pytest.TempPathFactory, gemma_path: Path) -> Iter
         collector.server.shutdown()
 
 
-@pytest.fixture(scope="module")
-def oci_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OciRegistry]:
-    reg = start_oci_registry(tmp_path_factory.mktemp("oci"))
-    yield reg
-    reg.stop()
-
-
 def test_request_id_reaches_every_service_and_the_client(observed: Observed) -> None:
     """The first request loads the model: scheduler and runner log about it under its id, and
     the gateway writes its access line."""
@@ -141,10 +134,18 @@ def test_request_id_reaches_every_service_and_the_client(observed: Observed) -> 
     )
     assert r.status_code == 200, r.text
     assert r.headers["x-request-id"] == request_id
-    lines = [json.loads(line) for line in observed.stack.log_path.read_text().splitlines() if line.startswith("{")]
-    tagged = {line["service"] for line in lines if line.get("request_id") == request_id}
+    # The access line is written once the response has gone out, so the client can see the
+    # response before the line reaches the stack's log: wait for it.
+    deadline = time.monotonic() + 20
+    while True:
+        lines = [json.loads(line) for line in observed.stack.log_path.read_text().splitlines() if line.startswith("{")]
+        mine = [line for line in lines if line.get("request_id") == request_id]
+        tagged = {line["service"] for line in mine}
+        if {"gateway", "scheduler", "runner"} <= tagged or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     assert {"gateway", "scheduler", "runner"} <= tagged, tagged
-    access = [line for line in lines if line.get("request_id") == request_id and line["msg"] == "request"]
+    access = [line for line in mine if line["msg"] == "request"]
     assert [(a["service"], a["method"], a["path"], a["status"]) for a in access] == [
         ("gateway", "POST", "/api/generate", 200)
     ]
@@ -212,12 +213,12 @@ def test_counters_move_by_what_the_responses_report(observed: Observed) -> None:
 
 
 def test_registry_counts_transfer_bytes_and_verification_failures(
-    observed: Observed, tmp_path: Path, oci_registry: OciRegistry
+    observed: Observed, tmp_path: Path, oci: OciRegistry
 ) -> None:
     url = observed.stack.url
     tiny = write_tiny_gguf(tmp_path / "tiny.gguf").path
     assert create_model(url, "tiny", tiny)[-1] == {"status": "success"}
-    name = f"{oci_registry.host}/library/tiny:latest"
+    name = f"{oci.host}/library/tiny:latest"
     assert httpx.post(url + "/api/copy", json={"source": "tiny", "destination": name}).status_code == 200
     before = observed.scrape("registry")
     r = httpx.post(url + "/api/push", json={"model": name, "insecure": True, "stream": False}, timeout=120)
