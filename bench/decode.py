@@ -44,7 +44,9 @@ PROMPT = "Write a long story about a lighthouse keeper who finds a message in a 
 NUM_CTX = 1024
 
 
-def direct(model: Path, tokens: int, threads: int, rounds: int) -> list[float]:
+def direct(
+    model: Path, tokens: int, threads: int, rounds: int, gpu_layers: int = 0, logit_bias: dict[int, float] | None = None
+) -> list[float]:
     from llama_cpp import Llama
 
     from services.runner.native import high_level_defaults_like_the_runner
@@ -56,6 +58,7 @@ def direct(model: Path, tokens: int, threads: int, rounds: int) -> list[float]:
             n_threads=threads,
             n_threads_batch=threads,
             n_batch=512,
+            n_gpu_layers=gpu_layers,
             flash_attn=False,  # pinned: the stack runs with CORRAL_FLASH_ATTENTION=0
             swa_full=False,  # as the runner (and llama-server) configure it
             verbose=False,
@@ -64,20 +67,21 @@ def direct(model: Path, tokens: int, threads: int, rounds: int) -> list[float]:
     for _ in range(rounds):
         llm.reset()
         stamps = []
-        for _chunk in llm.create_completion(PROMPT, max_tokens=tokens, temperature=0.0, stream=True):
+        chunks = llm.create_completion(PROMPT, max_tokens=tokens, temperature=0.0, stream=True, logit_bias=logit_bias)
+        for _chunk in chunks:
             stamps.append(time.perf_counter())
         speeds.append((len(stamps) - 1) / (stamps[-1] - stamps[0]))
     del llm
     return speeds
 
 
-def rest(url: str, model: str, tokens: int, threads: int, rounds: int) -> tuple[list[float], list[float]]:
-    body = {
-        "model": model,
-        "prompt": PROMPT,
-        "raw": True,
-        "options": {"temperature": 0, "num_predict": tokens, "num_ctx": NUM_CTX, "num_thread": threads},
-    }
+def rest(
+    url: str, model: str, tokens: int, threads: int, rounds: int, logit_bias: dict[int, float] | None = None
+) -> tuple[list[float], list[float]]:
+    options = {"temperature": 0, "num_predict": tokens, "num_ctx": NUM_CTX, "num_thread": threads}
+    body = {"model": model, "prompt": PROMPT, "raw": True, "options": options}
+    if logit_bias:
+        options["logit_bias"] = {str(k): v for k, v in logit_bias.items()}
     wall, reported = [], []
     with httpx.Client(timeout=600) as client:
         client.post(url + "/api/generate", json={**body, "options": {**body["options"], "num_predict": 1}})  # load

@@ -63,8 +63,10 @@ def write_tiny_gguf(
     general_type: str | None = None,
     extra_kv: dict[str, Any] | None = None,
     seed: int = 0,
+    f16: bool = False,
 ) -> TinyGGUF:
-    """Write a small llama-architecture GGUF with f32 weights and return its facts.
+    """Write a small llama-architecture GGUF with f32 weights (f16 matrices with `f16`) and
+    return its facts.
 
     `parameter_count=True` also writes general.parameter_count (real files often
     lack it); `pooling_type` makes it look like an embedding model.
@@ -95,7 +97,7 @@ def write_tiny_gguf(
     w.add_name("tiny")
     if general_type:
         w.add_type(general_type)
-    w.add_file_type(LlamaFileType.ALL_F32)
+    w.add_file_type(LlamaFileType.MOSTLY_F16 if f16 else LlamaFileType.ALL_F32)
     if parameter_count:
         w.add_uint64("general.parameter_count", params)
     w.add_context_length(context_length)
@@ -127,7 +129,7 @@ def write_tiny_gguf(
         if len(shape) == 1:
             data = np.ones(shape, dtype=np.float32)
         else:
-            data = (rng.standard_normal(shape) * 0.02).astype(np.float32)
+            data = (rng.standard_normal(shape) * 0.02).astype(np.float16 if f16 else np.float32)
         w.add_tensor(name, data)
     w.write_header_to_file()
     w.write_kv_data_to_file()
