@@ -14,7 +14,7 @@ import time
 import uuid
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 
@@ -28,7 +28,12 @@ from services.scheduler.runners import RunnerClient
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 QUEUE_FULL_MESSAGE = "server busy, please try again.  maximum pending requests exceeded"
+# Loads of one request that may end with the runner gone (crashed or killed) before it fails:
+# one retry covers a runner killed for another reason; a model that crashes every runner
+# that loads it must not keep the client waiting through restarts until the load timeout.
+LOAD_ATTEMPTS = 2
 
 
 @dataclass(frozen=True)
@@ -86,7 +91,7 @@ class Scheduler:
         self._leases: dict[str, str] = {}  # lease id -> instance id
         self._timers: dict[str, Timer] = {}
         self._monitor: asyncio.Task[None] | None = None
-        self._background: set[asyncio.Task[None]] = set()
+        self._background: set[asyncio.Task[Any]] = set()
 
     # ---- runners -------------------------------------------------------
 
@@ -221,6 +226,7 @@ class Scheduler:
         self._pending += 1
         started = time.monotonic()
         load_ns = 0
+        runners_lost = 0
         try:
             while True:
                 async with self._cond:
@@ -235,8 +241,14 @@ class Scheduler:
                         continue
                 if isinstance(action, _Load):
                     t0 = time.monotonic_ns()
-                    await asyncio.shield(self._spawn(self._load(action.instance, action.runner)))
+                    lost = await asyncio.shield(self._spawn(self._load(action.instance, action.runner)))
                     load_ns += time.monotonic_ns() - t0
+                    runners_lost += lost
+                    if runners_lost >= LOAD_ATTEMPTS:
+                        raise CorralError(
+                            common_pb2.ERROR_REASON_RUNNER_FAILED,
+                            f"the runner stopped while loading {spec.name} ({runners_lost} times); its log says why",
+                        )
                 else:
                     await asyncio.shield(self._spawn(self._unload(action.instances)))
         finally:
@@ -330,13 +342,15 @@ class Scheduler:
         self._leases[lease.id] = inst.id
         return lease
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+    def _spawn(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
         task = asyncio.ensure_future(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
         return task
 
-    async def _load(self, inst: Instance, runner: Runner) -> None:
+    async def _load(self, inst: Instance, runner: Runner) -> bool:
+        """Loads the instance; True when the runner was lost during the load (the acquirer
+        then waits for one to come back), else raises what the runner answered."""
         k = inst.key
         request = loading.load_request(inst)
         log.info("loading model", extra=fields(model=inst.spec.name, runner=runner.id, num_ctx=k.num_ctx))
@@ -357,7 +371,7 @@ class Scheduler:
                     self._forget_runner(runner.id, "unreachable during load")
                 self._cond.notify_all()
             if err.code == grpc.StatusCode.UNAVAILABLE:
-                return  # the acquirer waits for a runner to come back
+                return True
             raise
         except BaseException:
             metrics.LOADS.labels("failed").inc()
@@ -376,6 +390,7 @@ class Scheduler:
                 inst.size_vram_bytes = resp.memory.gpu_bytes
                 inst.measured = loading.measured_by_device(inst, runner, resp.memory)
             self._cond.notify_all()
+        return False
 
     async def _unload(self, instances: tuple[Instance, ...]) -> None:
         for inst in instances:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import secrets
 import threading
 import time
 from collections.abc import Iterator
@@ -71,9 +72,11 @@ def wait_back(stack: Stack, service: str, old_pid: int) -> None:
     pytest.fail(f"{service} was not restarted:\n{stack.logs()}")
 
 
-def generate(stack: Stack, model: str = MODEL, timeout: float = BOUND, **body: Any) -> httpx.Response:
+def generate(
+    stack: Stack, model: str = MODEL, timeout: float = BOUND, headers: dict[str, str] | None = None, **body: Any
+) -> httpx.Response:
     req = {"model": model, "prompt": "Why is the sky blue?", "stream": False, "options": SHORT, **body}
-    return httpx.post(stack.url + "/api/generate", json=req, timeout=timeout)
+    return httpx.post(stack.url + "/api/generate", json=req, timeout=timeout, headers=headers)
 
 
 def runs(stack: Stack, model: str = MODEL) -> None:
@@ -228,6 +231,37 @@ def test_runner_killed_while_loading(fstack: Stack) -> None:
     if r.status_code != 200:
         assert "error" in r.json()
     assert_consistent(fstack)
+
+
+def scheduler_loads(stack: Stack, request_id: str) -> int:
+    """How many loads the scheduler has started for the request, from the stack's log."""
+    lines = (json.loads(line) for line in stack.log_path.read_text().splitlines() if line.startswith("{"))
+    return sum(1 for line in lines if line.get("request_id") == request_id and line["msg"] == "loading model")
+
+
+def test_a_model_whose_load_kills_every_runner_fails_fast(fstack: Stack) -> None:
+    """A model that crashes each runner loading it (a llama.cpp segfault, played here by a
+    SIGKILL at each load) gets Ollama's runner-stopped 500 after the second attempt, not a
+    wait through runner restarts until the load timeout."""
+    unload_all(fstack)
+    request_id = "crashy-" + secrets.token_hex(4)
+    headers = {"X-Request-Id": request_id}
+    t, out = in_thread(lambda: generate(fstack, headers=headers))
+    killed: list[int] = []
+    deadline = time.monotonic() + BOUND
+    while len(killed) < 2 and time.monotonic() < deadline:
+        if scheduler_loads(fstack, request_id) > len(killed):
+            killed.append(kill(fstack, "runner"))
+        time.sleep(0.05)
+    t.join(BOUND)
+    assert not t.is_alive(), "the client hung"
+    r = out[0]
+    assert isinstance(r, httpx.Response), r
+    assert r.status_code == 500, r.text
+    assert r.json()["error"].startswith("model runner has unexpectedly stopped")
+    assert scheduler_loads(fstack, request_id) == 2
+    wait_back(fstack, "runner", killed[-1])
+    runs(fstack)
 
 
 def test_scheduler_killed_mid_generation(fstack: Stack) -> None:
