@@ -10,6 +10,10 @@
 4. Speed: single-stream decode through REST streaming vs direct (the ratio `bench/decode.py`
    prints), and aggregate decode of `--streams` concurrent streams.
 
+`--bisect-load` first loads the model six ways, each in its own process, to tell which of the
+runner's differences from plain llama-cpp-python a crash at load follows (docs/performance.md,
+"GPU").
+
 Without `--model` it writes a random-weight llama-shaped f16 GGUF (2048 wide, 16 layers, 0.8B): its text is
 noise, but placement, memory and speed are those of a real model of that shape. Needs a
 llama-cpp-python built with GGML_CUDA=on. Not a test: nothing is asserted.
@@ -20,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -56,6 +61,47 @@ def direct_text(model: Path, tokens: int, logit_bias: dict[int, float] | None) -
     return str(out["choices"][0]["text"])  # type: ignore[index]
 
 
+# Ways of loading the model, each in its own process (a segfault ends only that one): which of
+# the runner's differences from plain llama-cpp-python a crash at load follows.
+_LOAD = """
+import sys, threading
+from services.runner import llamalog, native
+from services.runner.native import LoadSpec, NativeModel
+spec = LoadSpec(sys.argv[1], num_ctx=1024, num_gpu=-1)
+{patch}
+{run}
+print("loaded")
+"""
+LOAD_VARIANTS = {
+    "llama-cpp-python Llama (main thread)": ("", "from llama_cpp import Llama; Llama(sys.argv[1], n_gpu_layers=-1)"),
+    "NativeModel (main thread)": ("", "NativeModel(spec, lambda f: True)"),
+    "NativeModel on a thread, as the runner": (
+        "",
+        "t = threading.Thread(target=NativeModel, args=(spec, lambda f: True)); t.start(); t.join()",
+    ),
+    "NativeModel, no progress callback": ("", "NativeModel(spec)"),
+    "NativeModel, extra buffer types kept": ("native.cpu_has_amx = lambda: False", "NativeModel(spec)"),
+    "NativeModel, llama-cpp-python's log callback": ("llamalog.install = lambda: None", "NativeModel(spec)"),
+}
+
+
+def bisect_load(model: Path) -> None:
+    for name, (patch, run) in LOAD_VARIANTS.items():
+        code = _LOAD.format(patch=patch, run=run)
+        try:
+            p = subprocess.run(
+                [sys.executable, "-X", "faulthandler", "-c", code, str(model)],
+                cwd=Path(__file__).resolve().parent.parent,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            outcome = "ok" if p.returncode == 0 else f"exit {p.returncode}: {p.stderr.strip()[-300:]}"
+        except subprocess.TimeoutExpired:
+            outcome = "timed out"
+        print(f"load    {name}: {outcome}")
+
+
 def aggregate(url: str, streams: int, tokens: int, options: dict[str, object]) -> float:
     """Tokens per second over `streams` concurrent greedy generations."""
 
@@ -81,6 +127,7 @@ def main() -> int:
     parser.add_argument("--tokens", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--streams", type=int, default=8)
+    parser.add_argument("--bisect-load", action="store_true", help="first load the model six ways, one per process")
     args = parser.parse_args()
     probe = NvmlProbe()
     for d in probe.probe():
@@ -96,6 +143,8 @@ def main() -> int:
                 model, n_embd=2048, n_layer=16, n_head=32, n_head_kv=4, n_ff=5632, context_length=4096, f16=True
             )
             print(f"model   {model.name}: {facts.parameter_count / 1e9:.2f}B parameters, {facts.size / GiB:.2f} GiB")
+        if args.bisect_load:
+            bisect_load(model)
         env = {"CORRAL_RUNNER_DEVICE": "cuda", "CORRAL_FLASH_ATTENTION": "0", "CORRAL_NUM_PARALLEL": str(args.streams)}
         stack = start_stack(Path(tmp) / "stack", **env)
         try:
