@@ -18,6 +18,7 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from corral.errors import CorralError
 from corral.v1 import common_pb2
@@ -31,6 +32,9 @@ from services.runner.promptcache import MIN_PREFIX, PromptCache
 from services.runner.sampling import build_chain
 from services.runner.speculate import DraftLength, NgramIndex
 from services.runner.textstream import TextStream
+
+if TYPE_CHECKING:
+    from services.runner.draftmodel import DraftModel
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +66,10 @@ class Seq:
     repeats: int = 0
     t_first: int = 0
     out_logprobs: list[PositionLogprobs] = field(default_factory=list)
-    # Speculative decoding: the history's n-grams, the adaptive draft length, and the
-    # tokens drafted in the current step (decoded right after `pending`).
+    # Speculative decoding: whether it drafts, the history's n-grams (without a draft
+    # model), the adaptive draft length, and the tokens drafted in the current step
+    # (decoded right after `pending`).
+    speculate: bool = False
     ngrams: NgramIndex | None = None
     draft_len: DraftLength = field(default_factory=DraftLength)
     draft: list[int] = field(default_factory=list)
@@ -89,9 +95,13 @@ def common_prefix(a: list[int], b: list[int]) -> int:
 
 
 class Batcher:
-    def __init__(self, nm: NativeModel, cache: PromptCache | None = None, owner: str = "") -> None:
-        """`cache` keeps prompt KV snapshots across requests under `owner`, this load's identity."""
+    def __init__(
+        self, nm: NativeModel, cache: PromptCache | None = None, owner: str = "", drafter: DraftModel | None = None
+    ) -> None:
+        """`cache` keeps prompt KV snapshots across requests under `owner`, this load's identity;
+        `drafter` proposes speculative tokens instead of the prompt-lookup index."""
         self.nm = nm
+        self.drafter = drafter
         self.cache = cache if cache is not None and cache.enabled else None
         self.owner = owner
         self.shared_tokens = 0  # prompt tokens copied from another sequence or the cache (tests read it)
@@ -192,7 +202,10 @@ class Batcher:
             t_start=time.perf_counter_ns(),
             follow=follow,
         )
-        if p.speculative if p.speculative is not None else nm.batch_invariant:
+        # On by default where it keeps the output exact, or where the model comes with a draft
+        # model (as in Ollama); a request may turn it on or off.
+        seq.speculate = p.speculative if p.speculative is not None else nm.batch_invariant or self.drafter is not None
+        if seq.speculate and self.drafter is None:
             seq.ngrams = NgramIndex()
             seq.ngrams.extend(job.tokens)
         slot.seq = seq
@@ -318,7 +331,7 @@ class Batcher:
             seq = slot.seq
             assert seq is not None
             if seq.pending is not None:
-                draft = self._draft(seq, min(drafts, nm.n_batch - len(busy) - n))
+                draft = self._draft(slot, min(drafts, nm.n_batch - len(busy) - n))
                 drafts -= len(draft)
                 nm.batch_add(n, seq.pending, seq.n_past, slot.id, True)
                 for j, tok in enumerate(draft):
@@ -366,12 +379,19 @@ class Batcher:
         if n:
             self._decode(rows, n)
 
-    def _draft(self, seq: Seq, room: int) -> list[int]:
-        """Tokens proposed after `pending` from the sequence's own history (prompt lookup)."""
-        if seq.ngrams is None or room <= 0:
+    def _draft(self, slot: Slot, room: int) -> list[int]:
+        """Tokens proposed after `pending`: by the draft model, else from the sequence's own
+        history (prompt lookup)."""
+        seq = slot.seq
+        assert seq is not None and seq.pending is not None
+        if not seq.speculate or room <= 0:
             return []
         k = min(seq.draft_len.next_k(), room, seq.limit - seq.generated - 1, self.nm.num_ctx - seq.n_past - 2)
-        return seq.ngrams.draft(k) if k > 0 else []
+        if k <= 0:
+            return []
+        if self.drafter is not None:
+            return self.drafter.propose(slot.id, [*slot.cached, seq.pending], k)
+        return seq.ngrams.draft(k) if seq.ngrams is not None else []
 
     def _prompt_budget(self, n_gen: int) -> int:
         """Prompt tokens to add next to n_gen generating rows (chunked prefill)."""

@@ -32,9 +32,12 @@ class InstanceState:
 
 
 def blob_refs(spec: LoadSpec) -> list[tuple[str, str]]:
-    """(path, digest) of the model and then of each adapter."""
+    """(path, digest) of the model, then of each adapter, then of the draft model if any."""
     digests = [*spec.adapter_digests, *[""] * len(spec.adapters)]  # "" where none was given
-    return [(spec.model_path, spec.model_digest), *zip((p for p, _s in spec.adapters), digests, strict=False)]
+    refs = [(spec.model_path, spec.model_digest), *zip((p for p, _s in spec.adapters), digests, strict=False)]
+    if spec.draft_model_path:
+        refs.append((spec.draft_model_path, spec.draft_model_digest))
+    return refs
 
 
 class Runner:
@@ -110,16 +113,18 @@ class Runner:
         if self.blobs is None:
             return spec
         try:
-            model, *adapters = await self.blobs.ensure_all(blob_refs(spec), inst.progress)
+            model, *others = await self.blobs.ensure_all(blob_refs(spec), inst.progress)
         except CorralError as err:
             # A missing or corrupt blob in the store is the server's failure to load, not a bad request.
             if err.reason in (common_pb2.ERROR_REASON_DIGEST_MISMATCH, common_pb2.ERROR_REASON_BLOB_NOT_FOUND):
                 raise CorralError(common_pb2.ERROR_REASON_LOAD_FAILED, err.message) from err
             raise
+        adapters, draft = others[: len(spec.adapters)], others[len(spec.adapters) :]
         return replace(
             spec,
             model_path=str(model),
             adapters=tuple((str(path), scale) for path, (_p, scale) in zip(adapters, spec.adapters, strict=True)),
+            draft_model_path=str(draft[0]) if draft else "",
         )
 
     async def unload(self, instance_id: str) -> bool:

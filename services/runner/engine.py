@@ -18,12 +18,13 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from corral.errors import CorralError
 from corral.v1 import common_pb2
 from services.runner.batcher import Batcher
+from services.runner.draftmodel import DraftModel, check_vocab
 from services.runner.jobs import GenerateSpec, GenEvent, Job
 from services.runner.native import LoadSpec, MemoryUsage, NativeModel
 from services.runner.progress import LoadProgress
@@ -180,9 +181,13 @@ class Instance:
 
     def _run(self) -> None:
         t0 = time.perf_counter_ns()
+        nm: NativeModel | None = None
         try:
             nm = NativeModel(self._local, on_progress=self._on_load_progress)
+            drafter = self._load_draft(nm)
         except BaseException as exc:
+            if nm is not None:
+                nm.free()
             if not isinstance(exc, CorralError):
                 log.exception("load of %s failed", self.id)
                 exc = CorralError(common_pb2.ERROR_REASON_LOAD_FAILED, f"load failed: {exc}")
@@ -190,8 +195,9 @@ class Instance:
             _resolve(self._loaded, exc=exc)
             _resolve(self._stopped)
             return
-        batcher = self.batcher = Batcher(nm, self.cache, self.load_id)
-        info = LoadInfo(nm.num_ctx, nm.num_parallel, nm.memory, time.perf_counter_ns() - t0)
+        batcher = self.batcher = Batcher(nm, self.cache, self.load_id, drafter)
+        memory = nm.memory if drafter is None else nm.memory + drafter.nm.memory
+        info = LoadInfo(nm.num_ctx, nm.num_parallel, memory, time.perf_counter_ns() - t0)
         _resolve(self._loaded, info)
         try:
             self._serve(nm, batcher)
@@ -200,9 +206,24 @@ class Instance:
             if self.cache is not None:
                 self.cache.drop_owner(self.load_id)
             self._close()
+            if drafter is not None:
+                drafter.free()
             nm.free()
             self.active_sequences = self.queued_requests = self.kv_cells_used = 0
             _resolve(self._stopped)
+
+    def _load_draft(self, nm: NativeModel) -> DraftModel | None:
+        """The draft model, with the model's context size and sequences, if the spec names one."""
+        spec = self._local
+        if not spec.draft_model_path:
+            return None
+        draft = NativeModel(replace(spec.draft(), num_ctx=nm.num_ctx, num_parallel=nm.num_parallel))
+        try:
+            check_vocab(nm, draft)
+        except BaseException:
+            draft.free()
+            raise
+        return DraftModel(draft, spec.draft_num_predict)
 
     def _serve(self, nm: NativeModel, batcher: Batcher) -> None:
         while True:

@@ -14,7 +14,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -137,6 +137,23 @@ class LoadSpec:
     # cannot open those paths fetches the blobs by digest (blobs.py).
     model_digest: str = ""
     adapter_digests: tuple[str, ...] = ()
+    # A smaller model of the same vocabulary for speculative decoding ("" = none), loaded with
+    # the same context, devices and KV settings, and the most tokens it drafts per step.
+    draft_model_path: str = ""
+    draft_model_digest: str = ""
+    draft_num_predict: int = 4
+
+    def draft(self) -> LoadSpec:
+        """The load spec of the draft model."""
+        return replace(
+            self,
+            model_path=self.draft_model_path,
+            model_digest=self.draft_model_digest,
+            adapters=(),
+            adapter_digests=(),
+            draft_model_path="",
+            draft_model_digest="",
+        )
 
 
 @dataclass(frozen=True)
@@ -150,6 +167,18 @@ class MemoryUsage:
     @property
     def total_bytes(self) -> int:
         return self.weights_bytes + self.kv_cache_bytes + self.compute_bytes
+
+    def __add__(self, other: MemoryUsage) -> MemoryUsage:
+        devices = dict(self.devices)
+        for dev, size in other.devices:
+            devices[dev] = devices.get(dev, 0) + size
+        return MemoryUsage(
+            self.weights_bytes + other.weights_bytes,
+            self.kv_cache_bytes + other.kv_cache_bytes,
+            self.compute_bytes + other.compute_bytes,
+            self.gpu_bytes + other.gpu_bytes,
+            tuple(devices.items()),
+        )
 
 
 def set_placement(mp: lc.llama_model_params, spec: LoadSpec) -> ctypes.Array[ctypes.c_float] | None:

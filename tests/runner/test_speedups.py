@@ -8,15 +8,19 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from corral.errors import CorralError
+from corral.v1 import common_pb2
 from services.runner.engine import Instance
 from services.runner.jobs import GenerateSpec
 from services.runner.native import LoadSpec
 from services.runner.promptcache import PromptCache
 from services.runner.sampling import SamplingParams
+from tests.ggufs import write_tiny_gguf
 from tests.runner.conftest import Result, collect
 
 SENTENCES = [
@@ -160,3 +164,35 @@ async def test_the_prompt_cache_serves_its_load_only(gemma_path: Path) -> None:
         assert c.text == a.text
     finally:
         await again.stop()
+
+
+async def test_draft_model_output_equals_plain_greedy(gemma_path: Path) -> None:
+    """A draft model (here the model itself, so it drafts what the model picks) proposes the
+    tokens; speculation is on by default with it, and the output is plain greedy decoding's."""
+    spec = replace(invariant(gemma_path, 2), draft_model_path=str(gemma_path), draft_num_predict=6)
+    inst = Instance("drafted", spec)
+    await inst.start()
+    try:
+        batcher = inst.batcher
+        assert batcher is not None and batcher.drafter is not None
+        both = batcher.nm.memory.weights_bytes + batcher.drafter.nm.memory.weights_bytes
+        assert inst.info is not None and inst.info.memory.weights_bytes == both > batcher.nm.memory.weights_bytes
+        prompts = [turn(f"Write one sentence about {s.lower()}") for s in SENTENCES[:6]]
+        plain = [await collect(inst.generate(greedy(p, 24, speculative=False))) for p in prompts]
+        assert batcher.drafted == 0
+        drafted = await run_all(inst, [greedy(p, 24, speculative=None) for p in prompts[:2]])
+        drafted += [await collect(inst.generate(greedy(p, 24, speculative=None))) for p in prompts[2:]]
+        for p, d in zip(plain, drafted, strict=True):
+            assert d.token_ids == p.token_ids and d.text == p.text
+        assert batcher.drafted > 50 and batcher.draft_accepted >= 0.9 * batcher.drafted
+    finally:
+        await inst.stop()
+
+
+async def test_a_draft_model_with_another_vocabulary_is_refused(gemma_path: Path, tmp_path: Path) -> None:
+    tiny = write_tiny_gguf(tmp_path / "tiny.gguf", n_embd=128, n_ff=256)  # q8_0 KV needs 32-wide heads
+    inst = Instance("mismatch", replace(invariant(gemma_path, 1), draft_model_path=str(tiny.path)))
+    with pytest.raises(CorralError) as err:
+        await inst.start()
+    assert err.value.reason == common_pb2.ERROR_REASON_LOAD_FAILED
+    assert "vocabulary differs" in err.value.message
