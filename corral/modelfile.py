@@ -128,6 +128,7 @@ class ModelfileSpec:
 
     from_: str = ""
     adapters: list[str] = field(default_factory=list)
+    draft: str = ""  # DRAFT: a smaller model of the same vocabulary for speculative decoding
     template: str | None = None
     system: str | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
@@ -178,6 +179,10 @@ def to_spec(commands: list[Command]) -> ModelfileSpec:
             spec.from_, from_line = c.args, c.line
         elif c.name == "adapter":
             spec.adapters.append(c.args)
+        elif c.name == "draft":
+            if spec.draft:
+                raise modelfile_error(c.line, "only one DRAFT line is supported")
+            spec.draft = c.args
         elif c.name == "template":
             spec.template = c.args
         elif c.name == "system":
@@ -188,7 +193,7 @@ def to_spec(commands: list[Command]) -> ModelfileSpec:
             spec.messages.append((c.role, c.args))
         elif c.name == "requires":
             spec.requires = check_requires(c.args, c.line)
-        elif c.name in ("draft", "renderer", "parser"):
+        elif c.name in ("renderer", "parser"):
             spec.warnings.append(f"{c.name.upper()} is not supported yet and was ignored")
         elif c.name in DEPRECATED:
             spec.warnings.append(f"parameter {c.name} is deprecated")
@@ -268,9 +273,11 @@ def format_modelfile(
     params: dict[str, Any],
     licenses: list[str],
     messages: list[tuple[str, str]],
+    draft: str = "",
 ) -> str:
     lines = [f"FROM {path}" for path in weights]
     lines += [f"ADAPTER {path}" for path in adapters]
+    lines += [f"DRAFT {draft}"] if draft else []
     if template:
         lines.append(f"TEMPLATE {quote(template)}")
     if system:

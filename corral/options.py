@@ -17,12 +17,9 @@ from corral.v1 import common_pb2
 
 Kind = Literal["int", "float", "bool", "list", "map"]
 
-# LoadOptions a user may set; the rest (num_parallel, adapters, kv_cache_type,
+# LoadOptions a user may set; the rest (num_parallel, adapters, draft, kv_cache_type,
 # flash_attention, tensor_split) are the scheduler's decisions or Modelfile commands.
-USER_LOAD = ("num_ctx", "num_batch", "num_gpu", "main_gpu", "use_mmap", "num_thread")
-
-# Ollama options that Corral accepts and stores but does not act on yet.
-ACCEPTED_ONLY: dict[str, Kind] = {"draft_num_predict": "int"}
+USER_LOAD = ("num_ctx", "num_batch", "num_gpu", "main_gpu", "use_mmap", "num_thread", "draft_num_predict")
 
 _SCALAR: dict[int, Kind] = {
     FieldDescriptor.TYPE_FLOAT: "float",
@@ -51,6 +48,4 @@ def _table(message: Any, names: tuple[str, ...] | None = None) -> dict[str, Kind
 SAMPLING: dict[str, Kind] = _table(common_pb2.SamplingOptions.DESCRIPTOR)
 LOAD: dict[str, Kind] = _table(common_pb2.LoadOptions.DESCRIPTOR, USER_LOAD)
 # What a Modelfile PARAMETER may name: a map has no one-line form.
-PARAMETERS: dict[str, Kind] = {
-    name: kind for name, kind in {**SAMPLING, **LOAD, **ACCEPTED_ONLY}.items() if kind != "map"
-}
+PARAMETERS: dict[str, Kind] = {name: kind for name, kind in {**SAMPLING, **LOAD}.items() if kind != "map"}

@@ -141,8 +141,18 @@ class Adapter(_message.Message):
     scale: float
     def __init__(self, digest: _Optional[str] = ..., path: _Optional[str] = ..., scale: _Optional[float] = ...) -> None: ...
 
+class DraftModel(_message.Message):
+    __slots__ = ("digest", "path", "size_bytes")
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    digest: str
+    path: str
+    size_bytes: int
+    def __init__(self, digest: _Optional[str] = ..., path: _Optional[str] = ..., size_bytes: _Optional[int] = ...) -> None: ...
+
 class LoadOptions(_message.Message):
-    __slots__ = ("num_ctx", "num_batch", "num_gpu", "main_gpu", "use_mmap", "num_thread", "num_parallel", "adapters", "kv_cache_type", "flash_attention", "tensor_split")
+    __slots__ = ("num_ctx", "num_batch", "num_gpu", "main_gpu", "use_mmap", "num_thread", "num_parallel", "adapters", "kv_cache_type", "flash_attention", "tensor_split", "draft", "draft_num_predict")
     NUM_CTX_FIELD_NUMBER: _ClassVar[int]
     NUM_BATCH_FIELD_NUMBER: _ClassVar[int]
     NUM_GPU_FIELD_NUMBER: _ClassVar[int]
@@ -154,6 +164,8 @@ class LoadOptions(_message.Message):
     KV_CACHE_TYPE_FIELD_NUMBER: _ClassVar[int]
     FLASH_ATTENTION_FIELD_NUMBER: _ClassVar[int]
     TENSOR_SPLIT_FIELD_NUMBER: _ClassVar[int]
+    DRAFT_FIELD_NUMBER: _ClassVar[int]
+    DRAFT_NUM_PREDICT_FIELD_NUMBER: _ClassVar[int]
     num_ctx: int
     num_batch: int
     num_gpu: int
@@ -165,7 +177,9 @@ class LoadOptions(_message.Message):
     kv_cache_type: str
     flash_attention: bool
     tensor_split: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, num_ctx: _Optional[int] = ..., num_batch: _Optional[int] = ..., num_gpu: _Optional[int] = ..., main_gpu: _Optional[int] = ..., use_mmap: _Optional[bool] = ..., num_thread: _Optional[int] = ..., num_parallel: _Optional[int] = ..., adapters: _Optional[_Iterable[_Union[Adapter, _Mapping]]] = ..., kv_cache_type: _Optional[str] = ..., flash_attention: _Optional[bool] = ..., tensor_split: _Optional[_Iterable[float]] = ...) -> None: ...
+    draft: DraftModel
+    draft_num_predict: int
+    def __init__(self, num_ctx: _Optional[int] = ..., num_batch: _Optional[int] = ..., num_gpu: _Optional[int] = ..., main_gpu: _Optional[int] = ..., use_mmap: _Optional[bool] = ..., num_thread: _Optional[int] = ..., num_parallel: _Optional[int] = ..., adapters: _Optional[_Iterable[_Union[Adapter, _Mapping]]] = ..., kv_cache_type: _Optional[str] = ..., flash_attention: _Optional[bool] = ..., tensor_split: _Optional[_Iterable[float]] = ..., draft: _Optional[_Union[DraftModel, _Mapping]] = ..., draft_num_predict: _Optional[int] = ...) -> None: ...
 
 class ModelGeometry(_message.Message):
     __slots__ = ("block_count", "embedding_length", "head_count", "head_count_kv", "key_length", "value_length", "sliding_window", "layer_bytes", "output_bytes", "other_bytes", "vocab_size")

@@ -29,7 +29,7 @@ class Layer(_message.Message):
     def __init__(self, media_type: _Optional[str] = ..., digest: _Optional[str] = ..., size_bytes: _Optional[int] = ..., **kwargs) -> None: ...
 
 class Model(_message.Message):
-    __slots__ = ("name", "full_name", "manifest_digest", "size_bytes", "modified_at", "details", "layers", "model_digest", "model_path", "template", "system", "parameters", "gguf_chat_template", "context_length_train", "capabilities", "bos_token", "eos_token", "add_bos_token", "geometry", "adapters")
+    __slots__ = ("name", "full_name", "manifest_digest", "size_bytes", "modified_at", "details", "layers", "model_digest", "model_path", "template", "system", "parameters", "gguf_chat_template", "context_length_train", "capabilities", "bos_token", "eos_token", "add_bos_token", "geometry", "adapters", "draft")
     NAME_FIELD_NUMBER: _ClassVar[int]
     FULL_NAME_FIELD_NUMBER: _ClassVar[int]
     MANIFEST_DIGEST_FIELD_NUMBER: _ClassVar[int]
@@ -50,6 +50,7 @@ class Model(_message.Message):
     ADD_BOS_TOKEN_FIELD_NUMBER: _ClassVar[int]
     GEOMETRY_FIELD_NUMBER: _ClassVar[int]
     ADAPTERS_FIELD_NUMBER: _ClassVar[int]
+    DRAFT_FIELD_NUMBER: _ClassVar[int]
     name: str
     full_name: str
     manifest_digest: str
@@ -70,7 +71,8 @@ class Model(_message.Message):
     add_bos_token: bool
     geometry: _common_pb2.ModelGeometry
     adapters: _containers.RepeatedCompositeFieldContainer[_common_pb2.Adapter]
-    def __init__(self, name: _Optional[str] = ..., full_name: _Optional[str] = ..., manifest_digest: _Optional[str] = ..., size_bytes: _Optional[int] = ..., modified_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., details: _Optional[_Union[_common_pb2.ModelDetails, _Mapping]] = ..., layers: _Optional[_Iterable[_Union[Layer, _Mapping]]] = ..., model_digest: _Optional[str] = ..., model_path: _Optional[str] = ..., template: _Optional[str] = ..., system: _Optional[str] = ..., parameters: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., gguf_chat_template: _Optional[str] = ..., context_length_train: _Optional[int] = ..., capabilities: _Optional[_Iterable[str]] = ..., bos_token: _Optional[str] = ..., eos_token: _Optional[str] = ..., add_bos_token: _Optional[bool] = ..., geometry: _Optional[_Union[_common_pb2.ModelGeometry, _Mapping]] = ..., adapters: _Optional[_Iterable[_Union[_common_pb2.Adapter, _Mapping]]] = ...) -> None: ...
+    draft: _common_pb2.DraftModel
+    def __init__(self, name: _Optional[str] = ..., full_name: _Optional[str] = ..., manifest_digest: _Optional[str] = ..., size_bytes: _Optional[int] = ..., modified_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., details: _Optional[_Union[_common_pb2.ModelDetails, _Mapping]] = ..., layers: _Optional[_Iterable[_Union[Layer, _Mapping]]] = ..., model_digest: _Optional[str] = ..., model_path: _Optional[str] = ..., template: _Optional[str] = ..., system: _Optional[str] = ..., parameters: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., gguf_chat_template: _Optional[str] = ..., context_length_train: _Optional[int] = ..., capabilities: _Optional[_Iterable[str]] = ..., bos_token: _Optional[str] = ..., eos_token: _Optional[str] = ..., add_bos_token: _Optional[bool] = ..., geometry: _Optional[_Union[_common_pb2.ModelGeometry, _Mapping]] = ..., adapters: _Optional[_Iterable[_Union[_common_pb2.Adapter, _Mapping]]] = ..., draft: _Optional[_Union[_common_pb2.DraftModel, _Mapping]] = ...) -> None: ...
 
 class ResolveModelResponse(_message.Message):
     __slots__ = ("model",)
@@ -89,7 +91,7 @@ class ListModelsResponse(_message.Message):
     def __init__(self, models: _Optional[_Iterable[_Union[Model, _Mapping]]] = ...) -> None: ...
 
 class CreateModelRequest(_message.Message):
-    __slots__ = ("name", "files", "adapters", "template", "system", "parameters", "license", "quantize", "messages", "modelfile", "requires")
+    __slots__ = ("name", "files", "adapters", "template", "system", "parameters", "license", "quantize", "messages", "modelfile", "requires", "draft_files")
     class FilesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -98,6 +100,13 @@ class CreateModelRequest(_message.Message):
         value: str
         def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     class AdaptersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class DraftFilesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -116,6 +125,7 @@ class CreateModelRequest(_message.Message):
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
     MODELFILE_FIELD_NUMBER: _ClassVar[int]
     REQUIRES_FIELD_NUMBER: _ClassVar[int]
+    DRAFT_FILES_FIELD_NUMBER: _ClassVar[int]
     name: str
     files: _containers.ScalarMap[str, str]
     adapters: _containers.ScalarMap[str, str]
@@ -127,7 +137,8 @@ class CreateModelRequest(_message.Message):
     messages: _containers.RepeatedCompositeFieldContainer[ModelMessage]
     modelfile: str
     requires: str
-    def __init__(self, name: _Optional[str] = ..., files: _Optional[_Mapping[str, str]] = ..., adapters: _Optional[_Mapping[str, str]] = ..., template: _Optional[str] = ..., system: _Optional[str] = ..., parameters: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., license: _Optional[_Iterable[str]] = ..., quantize: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ModelMessage, _Mapping]]] = ..., modelfile: _Optional[str] = ..., requires: _Optional[str] = ..., **kwargs) -> None: ...
+    draft_files: _containers.ScalarMap[str, str]
+    def __init__(self, name: _Optional[str] = ..., files: _Optional[_Mapping[str, str]] = ..., adapters: _Optional[_Mapping[str, str]] = ..., template: _Optional[str] = ..., system: _Optional[str] = ..., parameters: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., license: _Optional[_Iterable[str]] = ..., quantize: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ModelMessage, _Mapping]]] = ..., modelfile: _Optional[str] = ..., requires: _Optional[str] = ..., draft_files: _Optional[_Mapping[str, str]] = ..., **kwargs) -> None: ...
 
 class ModelMessage(_message.Message):
     __slots__ = ("role", "content")

@@ -173,6 +173,11 @@ def cmd_create(client: Client, args: argparse.Namespace) -> int:
         adapters[apath.name] = digest
     if adapters:
         body["adapters"] = adapters
+    if spec.draft:
+        dpath = _local_file(spec.draft, base)
+        if dpath is None:
+            raise CLIError(f"draft model {spec.draft} not found")
+        body["draft_files"] = _upload(client, dpath)
     for key, value in (("template", spec.template), ("system", spec.system)):
         if value is not None:
             body[key] = value

@@ -65,6 +65,8 @@ async def acquire(
     options = common_pb2.LoadOptions()
     options.CopyFrom(load)
     options.adapters.extend(model.adapters)  # the model's ADAPTER layers; requests cannot name their own
+    if model.HasField("draft"):  # likewise its DRAFT layer
+        options.draft.CopyFrom(model.draft)
     req = scheduler_pb2.AcquireModelRequest(model=model_spec(model), options=options, request_id=request_id)
     if keep_alive is not None:
         req.keep_alive_seconds = -1.0 if keep_alive == float("inf") else keep_alive

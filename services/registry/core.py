@@ -29,6 +29,7 @@ from services.registry.index import Index, IndexedModel, Stamp
 from services.registry.manifest import (
     MAX_MANIFEST_BYTES,
     MEDIA_ADAPTER,
+    MEDIA_DRAFT,
     MEDIA_LICENSE,
     MEDIA_MESSAGES,
     MEDIA_MODEL,
@@ -237,10 +238,13 @@ class Registry:
             for kind in (MEDIA_ADAPTER, MEDIA_PROJECTOR)
         }
         projector_paths = tuple(path for _digest, path in blobs[MEDIA_PROJECTOR])
+        drafts = [la for la in layers if la.media_type == MEDIA_DRAFT]
+        draft = (drafts[0].digest, str(self.store.blob_path(drafts[0].digest)), drafts[0].size) if drafts else None
         return replace(
             base,
             **texts,
             adapters=blobs[MEDIA_ADAPTER],
+            draft=draft,
             projector_paths=projector_paths,
             gguf=gguf,
             capabilities=capabilities(gguf, texts["template"], bool(projector_paths)),

@@ -25,6 +25,7 @@ from services.registry.gguf_meta import GGUFInfo
 from services.registry.manifest import (
     CONFIG_MEDIA_TYPE,
     MEDIA_ADAPTER,
+    MEDIA_DRAFT,
     MEDIA_LICENSE,
     MEDIA_MESSAGES,
     MEDIA_MODEL,
@@ -56,6 +57,7 @@ class CreateRequest:
     from_: str = ""
     files: dict[str, str] = field(default_factory=dict)  # relative file name -> digest
     adapters: dict[str, str] = field(default_factory=dict)
+    draft_files: dict[str, str] = field(default_factory=dict)  # the draft model; empty keeps the parent's
     template: str | None = None  # None: keep the parent's; "": remove it
     system: str | None = None
     parameters: dict[str, Any] = field(default_factory=dict)  # merged over the parent's
@@ -152,12 +154,19 @@ def apply_modelfile(req: CreateRequest) -> CreateRequest:
         if digest is None:
             raise _invalid(f"ADAPTER {value}: upload the file as a blob and name it as @sha256:<hex>")
         adapters[digest.replace(":", "-")] = digest
+    draft_files = dict(req.draft_files)
+    if spec.draft and not draft_files:
+        digest = _blob_ref(spec.draft)
+        if digest is None:
+            raise _invalid(f"DRAFT {spec.draft}: upload the file as a blob and name it as @sha256:<hex>")
+        draft_files[digest.replace(":", "-")] = digest
     return replace(
         req,
         modelfile="",
         from_=from_,
         files=files,
         adapters=adapters,
+        draft_files=draft_files,
         template=req.template if req.template is not None else spec.template,
         system=req.system if req.system is not None else spec.system,
         parameters={**spec.parameters, **req.parameters},
@@ -176,6 +185,9 @@ async def create_model(registry: Registry, req: CreateRequest) -> AsyncIterator[
     adapters = validate_files(req.adapters)
     if len(adapters) > 1:
         raise _invalid("only one adapter is currently supported")
+    drafts = validate_files(req.draft_files)
+    if len(drafts) > 1:
+        raise _invalid("only one draft model is supported")
     if not req.from_ and not files:
         raise _invalid("neither 'from' or 'files' was specified")
 
@@ -219,6 +231,11 @@ async def create_model(registry: Registry, req: CreateRequest) -> AsyncIterator[
     for path in sorted(adapters):
         await registry.gguf_info(adapters[path])  # must be a GGUF
         layers.append(Layer(MEDIA_ADAPTER, adapters[path], await registry.stat_blob(adapters[path]) or 0))
+    for digest in drafts.values():  # replaces the parent's draft model
+        if _media_type(await registry.gguf_info(digest)) != MEDIA_MODEL:
+            raise _invalid("the draft model must be a GGUF model")
+        layers = [la for la in layers if la.media_type != MEDIA_DRAFT]
+        layers.append(Layer(MEDIA_DRAFT, digest, await registry.stat_blob(digest) or 0))
     if req.quantize:
         want = _check_quantize(req.quantize, weights)
         assert weights is not None

@@ -22,6 +22,7 @@ _OLLAMA = "application/vnd.ollama.image."
 MEDIA_MODEL = _OLLAMA + "model"
 MEDIA_ADAPTER = _OLLAMA + "adapter"
 MEDIA_PROJECTOR = _OLLAMA + "projector"
+MEDIA_DRAFT = _OLLAMA + "draft"  # a smaller GGUF for speculative decoding
 MEDIA_TEMPLATE = _OLLAMA + "template"
 MEDIA_PROMPT = _OLLAMA + "prompt"  # legacy spelling of template
 MEDIA_SYSTEM = _OLLAMA + "system"

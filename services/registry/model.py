@@ -58,6 +58,7 @@ class StoredModel:
     licenses: tuple[str, ...] = ()
     messages: tuple[tuple[str, str], ...] = ()  # MESSAGE (role, content) pairs
     adapters: tuple[tuple[str, str], ...] = ()  # ADAPTER layers: (digest, blob path)
+    draft: tuple[str, str, int] | None = None  # DRAFT layer: (digest, blob path, size)
     projector_paths: tuple[str, ...] = ()
     gguf: GGUFInfo | None = None
     capabilities: tuple[str, ...] = ()

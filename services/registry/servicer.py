@@ -56,6 +56,9 @@ def model_to_proto(m: StoredModel) -> registry_pb2.Model:
         add_bos_token=m.add_bos_token,
     )
     out.adapters.extend(common_pb2.Adapter(digest=d, path=p, scale=1.0) for d, p in m.adapters)
+    if m.draft is not None:
+        digest, path, size = m.draft
+        out.draft.CopyFrom(common_pb2.DraftModel(digest=digest, path=path, size_bytes=size))
     out.modified_at.FromNanoseconds(m.modified_at_ns)
     if m.gguf is not None:
         g = geometry(m.gguf)
@@ -111,6 +114,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             from_=getattr(request, "from"),
             files=dict(request.files),
             adapters=dict(request.adapters),
+            draft_files=dict(request.draft_files),
             template=request.template if request.HasField("template") else None,
             system=request.system if request.HasField("system") else None,
             parameters=_struct_to_dict(request.parameters),

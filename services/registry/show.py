@@ -9,7 +9,7 @@ from typing import Any
 
 from corral.modelfile import format_modelfile, format_parameters
 from services.registry.gguf_meta import TensorInfo
-from services.registry.manifest import MEDIA_ADAPTER, MEDIA_MODEL, MEDIA_PROJECTOR
+from services.registry.manifest import MEDIA_ADAPTER, MEDIA_DRAFT, MEDIA_MODEL, MEDIA_PROJECTOR
 from services.registry.model import StoredModel
 
 SHOW_ARRAY_LIMIT = 5  # Ollama replaces longer arrays by [] unless verbose
@@ -49,7 +49,7 @@ def show(
     system_text = m.system if system is None else system
     template = m.template or m.gguf_chat_template
     paths = {kind: [str(blob_path(la.digest)) for la in m.layers if la.media_type == kind]
-             for kind in (MEDIA_MODEL, MEDIA_PROJECTOR, MEDIA_ADAPTER)}  # fmt: skip
+             for kind in (MEDIA_MODEL, MEDIA_PROJECTOR, MEDIA_ADAPTER, MEDIA_DRAFT)}  # fmt: skip
     modelfile = format_modelfile(
         m.name,
         paths[MEDIA_MODEL] + paths[MEDIA_PROJECTOR],
@@ -59,6 +59,7 @@ def show(
         params,
         list(m.licenses),
         list(m.messages),
+        draft=next(iter(paths[MEDIA_DRAFT]), ""),
     )
     return ShowResult(
         model=m,

@@ -469,6 +469,9 @@ class Batcher:
         seq.draft_len.update(len(draft), accepted)
         self.drafted += len(draft)
         self.draft_accepted += accepted
+        source = "lookup" if self.drafter is None else "model"
+        metrics.DRAFT_TOKENS.labels(source, "accepted").inc(accepted)
+        metrics.DRAFT_TOKENS.labels(source, "rejected").inc(len(draft) - accepted)
 
     def _sample(self, slot: Slot, row: int) -> None:
         nm, seq = self.nm, slot.seq

@@ -26,6 +26,11 @@ GENERATED_TOKENS = Counter("corral_runner_generated_tokens", "Tokens generated."
 SEQUENCES = Counter("corral_runner_sequences", "Sequences finished (stopped, length or cancelled excluded).")
 PREFIX_CACHE_HITS = Counter("corral_runner_prefix_cache_hits", "Sequences that reused a cached prompt prefix.")
 PREFIX_CACHE_TOKENS = Counter("corral_runner_prefix_cache_tokens", "Prompt tokens reused from the KV cache.")
+DRAFT_TOKENS = Counter(
+    "corral_runner_draft_tokens",
+    "Speculatively drafted tokens, by source (model: the draft model; lookup: the sequence's history) and result.",
+    ["source", "result"],
+)
 
 
 def sequence_done(stats: GenStats) -> None:

@@ -109,6 +109,9 @@ def _offset(ptr: Any, start: int) -> Any:
     return ctypes.cast(addr + start * ctypes.sizeof(ptr._type_), type(ptr))
 
 
+DEFAULT_DRAFT_NUM_PREDICT = 4  # Ollama's draft_num_predict
+
+
 def _load_failed(msg: str) -> CorralError:
     return CorralError(common_pb2.ERROR_REASON_LOAD_FAILED, msg)
 
@@ -141,7 +144,7 @@ class LoadSpec:
     # the same context, devices and KV settings, and the most tokens it drafts per step.
     draft_model_path: str = ""
     draft_model_digest: str = ""
-    draft_num_predict: int = 4
+    draft_num_predict: int = DEFAULT_DRAFT_NUM_PREDICT
 
     def draft(self) -> LoadSpec:
         """The load spec of the draft model."""

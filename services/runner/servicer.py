@@ -17,7 +17,7 @@ from services.runner.devices import DeviceInfo
 from services.runner.embed import EmbedInput
 from services.runner.jobs import GenerateSpec, GenEvent
 from services.runner.logprobs import PositionLogprobs, TokenLogprob
-from services.runner.native import DEFAULT_NUM_CTX, MAX_DEVICES, LoadSpec, MemoryUsage
+from services.runner.native import DEFAULT_DRAFT_NUM_PREDICT, DEFAULT_NUM_CTX, MAX_DEVICES, LoadSpec, MemoryUsage
 from services.runner.sampling import SamplingParams
 
 
@@ -88,6 +88,9 @@ def load_spec(req: runner_pb2.LoadModelRequest, defaults: LoadDefaults, devices:
         adapters=tuple((a.path, a.scale or 1.0) for a in o.adapters),
         model_digest=req.model_digest,
         adapter_digests=tuple(a.digest for a in o.adapters),
+        draft_model_path=o.draft.path if o.HasField("draft") else "",
+        draft_model_digest=o.draft.digest if o.HasField("draft") else "",
+        draft_num_predict=o.draft_num_predict or DEFAULT_DRAFT_NUM_PREDICT,
     )
 
 

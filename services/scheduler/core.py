@@ -215,6 +215,8 @@ class Scheduler:
             adapters=tuple((a.digest, a.path, a.scale or 1.0) for a in opts.adapters),
             kv_cache_type=opts.kv_cache_type or self.config.kv_cache_type,
             flash_attention=opts.flash_attention if opts.HasField("flash_attention") else self.config.flash_attention,
+            draft=(opts.draft.digest, opts.draft.path, opts.draft.size_bytes) if opts.HasField("draft") else None,
+            draft_num_predict=opts.draft_num_predict if opts.draft.digest else 0,
         )
 
     async def acquire(
@@ -276,9 +278,13 @@ class Scheduler:
         if same:
             ready = [i for i in same if i.state is State.READY and i.leases < i.key.num_parallel]
             return _Grant(min(ready, key=lambda i: i.leases)) if ready else None
-        # The same model (weights and adapters) loaded with other options is stale; another model
-        # sharing the weights with other adapters is not.
-        stale = [i for i in self.inv.for_model(key.model_digest) if i.key.adapters == key.adapters and i.key != key]
+        # The same model (weights, adapters, draft) loaded with other options is stale; another
+        # model sharing the weights with other adapters or another draft model is not.
+        stale = [
+            i
+            for i in self.inv.for_model(key.model_digest)
+            if (i.key.adapters, i.key.draft) == (key.adapters, key.draft) and i.key != key
+        ]
         for inst in stale:  # load options changed: reload once the old instance is idle
             inst.state = State.EXPIRING
         idle_stale = tuple(i for i in stale if i.leases == 0)

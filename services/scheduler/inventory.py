@@ -105,6 +105,8 @@ class LoadKey:
     adapters: tuple[tuple[str, str, float], ...]  # (digest, path on the store's host, scale)
     kv_cache_type: str
     flash_attention: bool | None
+    draft: tuple[str, str, int] | None = None  # the draft model: (digest, path on the store's host, size)
+    draft_num_predict: int = 0  # 0 = the runner's default
 
 
 @dataclass

@@ -31,6 +31,11 @@ def load_request(inst: Instance) -> runner_pb2.LoadModelRequest:
         opts.main_gpu = inst.main_gpu
     if k.flash_attention is not None:
         opts.flash_attention = k.flash_attention
+    if k.draft is not None:
+        digest, path, size = k.draft
+        opts.draft.CopyFrom(common_pb2.DraftModel(digest=digest, path=path, size_bytes=size))
+        if k.draft_num_predict:
+            opts.draft_num_predict = k.draft_num_predict
     return runner_pb2.LoadModelRequest(
         instance_id=inst.id, model_path=inst.spec.model_path, model_digest=inst.spec.model_digest, options=opts
     )

@@ -7,7 +7,7 @@ weights (per block + the rest) + KV cache for num_ctx x num_parallel at the KV t
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from corral.v1 import scheduler_pb2
 from services.scheduler.inventory import LoadKey
@@ -95,6 +95,18 @@ def _pad(cells: int) -> int:
 
 
 def estimate(spec: scheduler_pb2.ModelSpec, key: LoadKey) -> Estimate:
+    est = _estimate_model(spec, key)
+    if key.draft is None:
+        return est
+    # The draft model loads with the model's context and devices; its geometry is not indexed,
+    # so its weights plus the generous no-geometry KV guess, placed with the output head.
+    size = key.draft[2]
+    draft = size + key.num_ctx * key.num_parallel * max(1, size // 100_000)
+    output = None if est.output is None else est.output + draft
+    return replace(est, rest=est.rest + draft, output=output)
+
+
+def _estimate_model(spec: scheduler_pb2.ModelSpec, key: LoadKey) -> Estimate:
     g = spec.geometry
     ctx_total = key.num_ctx * key.num_parallel
     if not g.block_count or not g.layer_bytes:

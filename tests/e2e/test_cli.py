@@ -39,6 +39,11 @@ def test_create_from_a_local_gguf_file(stack: Stack, gemma: str, gemma_path: Pat
     assert r.returncode == 0, r.stderr
     assert "success" in r.stderr
     assert "local-file:latest" in corral(stack, "list").stdout
+    # DRAFT names a local GGUF too: uploaded and sent as draft_files.
+    (tmp_path / "Modelfile").write_text("FROM local-file\nDRAFT ./weights.gguf\n")
+    r = corral(stack, "create", "local-draft", "-f", "Modelfile", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "\nDRAFT " in corral(stack, "show", "local-draft", "--modelfile").stdout
 
 
 def test_run_one_shot_and_piped(stack: Stack, terse: str) -> None:

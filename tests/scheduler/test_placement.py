@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 from corral.v1 import common_pb2, scheduler_pb2
-from services.scheduler import placement
+from services.scheduler import loading, memory, placement
 from services.scheduler.inventory import Device, Instance, Inventory, LoadKey, Runner, State
 from services.scheduler.memory import Estimate
 
@@ -158,3 +159,20 @@ def test_default_num_ctx_tiers_and_cap() -> None:
     assert placement.default_num_ctx(80 * GIB, 0, 131072) == 131072
     assert placement.default_num_ctx(80 * GIB, 2048, 131072) == 2048
     assert placement.default_num_ctx(0, 8192, 0) == 8192
+
+
+def test_a_draft_model_adds_its_weights_and_kv_to_the_estimate_and_the_load() -> None:
+    spec = scheduler_pb2.ModelSpec(name="m", model_digest="sha256:a", model_path="/m", model_size_bytes=2 * GIB)
+    spec.geometry.CopyFrom(
+        common_pb2.ModelGeometry(block_count=2, embedding_length=64, head_count=4, layer_bytes=[GIB, GIB])
+    )
+    size = 300 << 20
+    drafted = replace(key(), draft=("sha256:d", "/d", size))
+    base, with_draft = memory.estimate(spec, key()), memory.estimate(spec, drafted)
+    assert with_draft.total - base.total == size + 4096 * (size // 100_000)
+    assert with_draft.offloaded(-1)[-1] > base.offloaded(-1)[-1]  # it goes where the output head goes
+    inst = Instance("i", "gpu", drafted, spec, with_draft.total, {}, math.inf)
+    opts = loading.load_request(inst).options
+    assert (opts.draft.digest, opts.draft.path, opts.draft.size_bytes) == ("sha256:d", "/d", size)
+    assert not opts.HasField("draft_num_predict")  # the runner's default
+    assert not loading.load_request(replace(inst, key=key())).options.HasField("draft")

@@ -66,6 +66,7 @@ class CreateRequest(BaseModel):
     from_: str = Field("", alias="from")
     files: dict[str, str] | None = None
     adapters: dict[str, str] | None = None
+    draft_files: dict[str, str] | None = None
     template: str | None = None
     system: str | None = None
     parameters: dict[str, Any] | None = None
@@ -94,6 +95,7 @@ async def create(request: Request) -> Response:
         name=name,
         files=body.files or {},
         adapters=body.adapters or {},
+        draft_files=body.draft_files or {},
         quantize=body.quantize or body.quantization,
         license=[body.license] if isinstance(body.license, str) else (body.license or []),
     )
