@@ -25,6 +25,13 @@ log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 CHANNEL_OPTIONS = [
+    # Corral's services restart in about a second: reconnect soon after a peer comes back.
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+    # Own connections per channel: a channel made by Channels.reset must not share the
+    # process-wide subchannel (and its backoff) of the channel it replaces.
+    ("grpc.use_local_subchannel_pool", 1),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.keepalive_time_ms", 30_000),
@@ -43,6 +50,40 @@ def channel(address: str) -> grpc.aio.Channel:
     """A long-lived insecure channel to another Corral service; calls carry the trace context
     and request id."""
     return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS, interceptors=telemetry.client_interceptors())
+
+
+# How long calls still on a replaced channel (a load, a stream) may run before it closes.
+RETIRED_CHANNEL_GRACE_S = 3600.0
+
+
+class Channels:
+    """One long-lived channel per address. `reset` replaces an address's channel: after the
+    service there died, its channel sits in reconnect backoff and fails calls at once until
+    its next attempt, while a supervisor restarts the service at the same address within a
+    second or so; a fresh channel connects now. The old one closes once its calls end."""
+
+    def __init__(self) -> None:
+        self._open: dict[str, grpc.aio.Channel] = {}
+        self._retiring: set[asyncio.Task[None]] = set()
+
+    def get(self, address: str) -> grpc.aio.Channel:
+        if address not in self._open:
+            self._open[address] = channel(address)
+        return self._open[address]
+
+    def reset(self, address: str) -> None:
+        old = self._open.pop(address, None)
+        if old is not None:
+            task = asyncio.ensure_future(old.close(grace=RETIRED_CHANNEL_GRACE_S))
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+
+    async def close(self) -> None:
+        for task in list(self._retiring):
+            task.cancel()
+        for ch in self._open.values():
+            await ch.close()
+        self._open.clear()
 
 
 async def _abort(context: grpc.aio.ServicerContext, err: CorralError) -> None:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from corral.grpc_server import channel
+from corral.grpc_server import Channels
 from corral.v1 import registry_pb2_grpc, runner_pb2_grpc, scheduler_pb2_grpc
 
 
@@ -15,12 +15,10 @@ from corral.v1 import registry_pb2_grpc, runner_pb2_grpc, scheduler_pb2_grpc
 class Backends:
     registry_addr: str
     scheduler_addr: str
-    _channels: dict[str, grpc.aio.Channel] = field(default_factory=dict)
+    _channels: Channels = field(default_factory=Channels)
 
     def _channel(self, address: str) -> grpc.aio.Channel:
-        if address not in self._channels:
-            self._channels[address] = channel(address)
-        return self._channels[address]
+        return self._channels.get(address)
 
     @property
     def registry(self) -> registry_pb2_grpc.RegistryServiceStub:
@@ -42,7 +40,9 @@ class Backends:
     def runner(self, address: str) -> runner_pb2_grpc.RunnerServiceStub:
         return runner_pb2_grpc.RunnerServiceStub(self._channel(address))
 
+    def reset(self, address: str) -> None:
+        """A retry after a runner failed connects afresh (see Channels.reset)."""
+        self._channels.reset(address)
+
     async def close(self) -> None:
-        for ch in self._channels.values():
-            await ch.close()
-        self._channels.clear()
+        await self._channels.close()

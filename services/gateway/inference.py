@@ -216,6 +216,7 @@ async def generate(
             err, failed = _runner_error(rpc_err)
             if failed and not started and attempt == 1:
                 log.warning("runner failed before the first token; retrying", extra={"fields": {"id": request_id}})
+                backends.reset(lease.runner_address)
                 continue
             raise errors.from_corral(err, model.name) from rpc_err
         finally:
@@ -242,6 +243,7 @@ async def _unary(
         except grpc.RpcError as rpc_err:
             err, failed = _runner_error(rpc_err)
             if failed and attempt == 1:
+                backends.reset(lease.runner_address)
                 continue
             raise errors.from_corral(err, model.name) from rpc_err
         finally:

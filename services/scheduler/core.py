@@ -96,6 +96,9 @@ class Scheduler:
     # ---- runners -------------------------------------------------------
 
     async def register(self, runner_id: str, address: str, devices: list[Device]) -> None:
+        known = self.inv.runners.get(runner_id)
+        if known is None or known.address != address:
+            self.client.reset(address)
         async with self._cond:
             for old in [r for r in self.inv.runners.values() if r.address == address or r.id == runner_id]:
                 self._forget_runner(old.id, "replaced by a new registration")

@@ -9,7 +9,7 @@ from typing import Protocol
 import grpc
 
 from corral.errors import from_rpc_error
-from corral.grpc_server import channel
+from corral.grpc_server import Channels
 from corral.v1 import runner_pb2, runner_pb2_grpc
 
 
@@ -26,6 +26,11 @@ class RunnerClient(Protocol):
 
     async def alive(self, address: str) -> bool: ...
 
+    def reset(self, address: str) -> None:
+        """A new runner registered at `address`: later calls must not inherit the connection
+        state left by the one that was there before."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -33,12 +38,10 @@ class GrpcRunnerClient:
     """RunnerClient over gRPC, one long-lived channel per runner address."""
 
     def __init__(self) -> None:
-        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._channels = Channels()
 
     def _stub(self, address: str) -> runner_pb2_grpc.RunnerServiceStub:
-        if address not in self._channels:
-            self._channels[address] = channel(address)
-        return runner_pb2_grpc.RunnerServiceStub(self._channels[address])
+        return runner_pb2_grpc.RunnerServiceStub(self._channels.get(address))
 
     async def load(
         self, address: str, request: runner_pb2.LoadModelRequest, timeout: float | None
@@ -62,7 +65,8 @@ class GrpcRunnerClient:
     async def alive(self, address: str) -> bool:
         return await self.status(address) is not None
 
+    def reset(self, address: str) -> None:
+        self._channels.reset(address)
+
     async def close(self) -> None:
-        for ch in self._channels.values():
-            await ch.close()
-        self._channels.clear()
+        await self._channels.close()

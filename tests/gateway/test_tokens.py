@@ -163,9 +163,13 @@ class FakeScheduler:
 class FakeBackends:
     scheduler: FakeScheduler
     fake_runner: FakeRunner
+    resets: list[str] = field(default_factory=list)
 
     def runner(self, address: str) -> FakeRunner:
         return self.fake_runner
+
+    def reset(self, address: str) -> None:
+        self.resets.append(address)
 
 
 def instance(runner: FakeRunner, context_length: int) -> inference.Instance:
@@ -257,5 +261,6 @@ async def test_a_runner_that_fails_while_preparing_is_retried_on_the_next_lease(
     events = await run(backends, job(prompt=history.render(CHAT), history=history))
     assert events[-1].done
     assert [r.runner_failed for r in backends.scheduler.released] == [True, False]
+    assert backends.resets == ["r"]  # the retry connects to the runner afresh
     assert runner.generated[0].instance_id == "i2"
     assert runner.generated[0].prompt == "System: Be brief.\n\nUser: Why?\n\nAssistant:"

@@ -51,6 +51,9 @@ class Client:
     async def alive(self, address: str) -> bool:
         return True
 
+    def reset(self, address: str) -> None:
+        pass
+
     async def close(self) -> None:
         pass
 
