@@ -28,7 +28,7 @@ from services.runner.grammar import Candidates, TokenSampler, exact_subset_k, in
 from services.runner.jobs import GenerateSpec, GenEvent, GenStats, Job
 from services.runner.logprobs import PositionLogprobs, position_logprobs
 from services.runner.native import NativeModel
-from services.runner.promptcache import MIN_PREFIX, PromptCache
+from services.runner.promptcache import MIN_PREFIX, PromptCache, common_prefix
 from services.runner.sampling import build_chain
 from services.runner.speculate import DraftLength, NgramIndex
 from services.runner.textstream import TextStream
@@ -84,14 +84,6 @@ class Slot:
     cached: list[int] = field(default_factory=list)  # tokens whose KV this sequence holds
     seq: Seq | None = None
     last_used: float = 0.0
-
-
-def common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n
 
 
 class Batcher:

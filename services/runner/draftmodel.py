@@ -15,8 +15,8 @@ import numpy as np
 
 from corral.errors import CorralError
 from corral.v1 import common_pb2
-from services.runner.batcher import common_prefix
 from services.runner.native import NativeModel
+from services.runner.promptcache import common_prefix
 
 VOCAB_CHECKED = 512  # leading token pieces compared between the two vocabularies
 
