@@ -2,7 +2,8 @@
 """Decode speed through Corral's REST streaming vs direct llama-cpp-python, same model, same run.
 
     .venv/bin/python bench/decode.py [--model PATH] [--tokens 128] [--rounds 3] [--threads N]
-                                     [--observe] [--baseline DIR]
+                                     [--observe] [--baseline DIR] [--cpu]
+                                     [--stack-env KEY=VALUE ...]
 
 Starts `corral serve` on a free port with a temporary models directory, creates the model
 from the GGUF, then alternates rounds: direct `Llama` greedy decode, and a streamed
@@ -11,6 +12,9 @@ is measured from the first to the last token on both sides (prompt evaluation ex
 the ratio REST/direct is printed (target ≥ 0.97). Threads, context, batch size, flash attention
 (off) and the sliding-window cache mode are pinned to the same values on both sides.
 
+`--cpu` also prints where the CPU went during the REST rounds: milliseconds of CPU per token
+for the client (this process), each service, and each thread of the runner and the gateway; on a machine with as many
+cores as decode threads, every millisecond outside llama.cpp's threads is taken from them.
 `--observe` runs the stack as an operator watching it would: every service's metrics port on
 and scraped every second, and every span exported over OTLP/HTTP to a collector in this
 process. `--baseline DIR` also starts a second stack from another checkout (e.g. a git
@@ -31,6 +35,7 @@ import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
@@ -45,8 +50,15 @@ NUM_CTX = 1024
 
 
 def direct(
-    model: Path, tokens: int, threads: int, rounds: int, gpu_layers: int = 0, logit_bias: dict[int, float] | None = None
+    model: Path,
+    tokens: int,
+    threads: int,
+    rounds: int,
+    gpu_layers: int = 0,
+    logit_bias: dict[int, float] | None = None,
+    cpu: list[float] | None = None,
 ) -> list[float]:
+    """`cpu`: a list to append each round's CPU ms per token of this process to."""
     from llama_cpp import Llama
 
     from services.runner.native import high_level_defaults_like_the_runner
@@ -67,19 +79,46 @@ def direct(
     for _ in range(rounds):
         llm.reset()
         stamps = []
+        before = sum(psutil.Process().cpu_times()[:2])
         chunks = llm.create_completion(PROMPT, max_tokens=tokens, temperature=0.0, stream=True, logit_bias=logit_bias)
         for _chunk in chunks:
             stamps.append(time.perf_counter())
+        if cpu is not None:
+            cpu.append((sum(psutil.Process().cpu_times()[:2]) - before) * 1e3 / len(stamps))
         speeds.append((len(stamps) - 1) / (stamps[-1] - stamps[0]))
     del llm
     return speeds
 
 
+def cpu_seconds(stack: Stack) -> dict[str, float]:
+    """CPU seconds so far of the client, each thread of the runner and the gateway, and every other service."""
+    out = {"client": sum(psutil.Process().cpu_times()[:2])}
+    parent = psutil.Process(stack.proc.pid)
+    out["supervisor"] = sum(parent.cpu_times()[:2])
+    for child in parent.children():
+        service = child.cmdline()[-1]
+        if service not in ("runner", "gateway"):
+            out[service] = sum(child.cpu_times()[:2])
+            continue
+        for t in child.threads():
+            with contextlib.suppress(OSError):  # the thread ended
+                comm = Path(f"/proc/{child.pid}/task/{t.id}/comm").read_text().strip()
+                out[f"{service} thread {t.id} ({comm})"] = t.user_time + t.system_time
+    return out
+
+
 def rest(
-    url: str, model: str, tokens: int, threads: int, rounds: int, logit_bias: dict[int, float] | None = None
+    url: str,
+    model: str,
+    tokens: int,
+    threads: int,
+    rounds: int,
+    logit_bias: dict[int, float] | None = None,
+    cpu: tuple[Stack, dict[str, float]] | None = None,
 ) -> tuple[list[float], list[float]]:
-    options = {"temperature": 0, "num_predict": tokens, "num_ctx": NUM_CTX, "num_thread": threads}
-    body = {"model": model, "prompt": PROMPT, "raw": True, "options": options}
+    """`cpu`: a stack, and a dict that sums per round each process's or thread's CPU ms per token."""
+    options: dict[str, Any] = {"temperature": 0, "num_predict": tokens, "num_ctx": NUM_CTX, "num_thread": threads}
+    body: dict[str, Any] = {"model": model, "prompt": PROMPT, "raw": True, "options": options}
     if logit_bias:
         options["logit_bias"] = {str(k): v for k, v in logit_bias.items()}
     wall, reported = [], []
@@ -88,6 +127,7 @@ def rest(
         for _ in range(rounds):
             stamps = []
             final: dict[str, int] = {}
+            before = cpu_seconds(cpu[0]) if cpu else {}
             with client.stream("POST", url + "/api/generate", json=body) as resp:
                 for line in resp.iter_lines():
                     if not line:
@@ -97,6 +137,10 @@ def rest(
                         final = httpx.Response(200, content=line).json()
             # The final chunk carries no token; count the token chunks only.
             token_stamps = stamps[:-1]
+            if cpu:
+                for name, seconds in cpu_seconds(cpu[0]).items():
+                    per_token = (seconds - before.get(name, 0.0)) * 1e3 / len(token_stamps)
+                    cpu[1][name] = cpu[1].get(name, 0.0) + per_token
             wall.append((len(token_stamps) - 1) / (token_stamps[-1] - token_stamps[0]))
             reported.append(final["eval_count"] / (final["eval_duration"] / 1e9))
     return wall, reported
@@ -156,6 +200,10 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=psutil.cpu_count(logical=False) or 1)
     parser.add_argument("--observe", action="store_true", help="metrics scraped every second and traces exported")
+    parser.add_argument(
+        "--stack-env", action="append", default=[], metavar="KEY=VALUE", help="environment of the corral stack"
+    )
+    parser.add_argument("--cpu", action="store_true", help="CPU ms per token of each process and thread")
     parser.add_argument("--baseline", type=Path, default=None, help="another Corral checkout to interleave with")
     args = parser.parse_args()
     model = args.model or gemma_path()
@@ -163,6 +211,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as cleanup:
         env, urls = cleanup.enter_context(observed_env()) if args.observe else ({}, [])
         stacks: dict[str, Stack] = {}
+        env.update(kv.split("=", 1) for kv in args.stack_env)
         stacks["corral"] = start_stack(Path(tmp) / "corral", CORRAL_FLASH_ATTENTION="0", **env)
         cleanup.callback(stop_stack, stacks["corral"])
         if args.baseline:
@@ -176,10 +225,13 @@ def main() -> int:
         wall: dict[str, list[float]] = {name: [] for name in stacks}
         reported: dict[str, list[float]] = {name: [] for name in stacks}
         direct_speeds: list[float] = []
+        cpu: dict[str, float] = {}
+        direct_cpu: list[float] = []
         for _ in range(args.rounds):
-            direct_speeds += direct(model, args.tokens, args.threads, 1)
+            direct_speeds += direct(model, args.tokens, args.threads, 1, cpu=direct_cpu)
             for name, stack in stacks.items():
-                round_wall, round_reported = rest(stack.url, "bench", args.tokens, args.threads, 1)
+                watch = (stack, cpu) if args.cpu and name == "corral" else None
+                round_wall, round_reported = rest(stack.url, "bench", args.tokens, args.threads, 1, cpu=watch)
                 wall[name] += round_wall
                 reported[name] += round_reported
 
@@ -194,6 +246,12 @@ def main() -> int:
         print(f"  REST streaming {w:8.2f} tok/s   (client-side, first to last NDJSON token line)")
         print(f"  REST reported  {r:8.2f} tok/s   (eval_count / eval_duration of the final chunk)")
         print(f"  ratio REST/direct {w / d:6.3f}   (target >= 0.97)")
+    if args.cpu:
+        print(f"CPU ms per token, direct: {statistics.mean(direct_cpu):.3f} (the whole process)")
+        print(f"CPU ms per token, corral: {sum(cpu.values()) / args.rounds:.3f} (client and stack), by part:")
+        for name, ms in sorted(cpu.items(), key=lambda kv: -kv[1]):
+            if ms / args.rounds >= 0.005:
+                print(f"  {ms / args.rounds:7.3f}  {name}")
     if args.baseline:
         ratio = statistics.median(wall["corral"]) / statistics.median(wall["baseline"])
         print(f"corral / baseline {ratio:6.3f}")
