@@ -255,10 +255,24 @@ class NativeModel:
 
     def _load(self, path: Path) -> None:
         spec = self.spec
+        kv_type = KV_TYPES.get(spec.kv_cache_type.lower())
+        if kv_type is None:
+            raise _load_failed(f"unknown kv cache type {spec.kv_cache_type!r}; use f16, q8_0 or q4_0")
+        if kv_type != lc.GGML_TYPE_F16 and spec.flash_attention is False:
+            log.warning("quantized KV cache needs flash attention; using f16")
+            kv_type = lc.GGML_TYPE_F16
+        self.kv_type = kv_type
+        # Same logits for a row whatever shares its batch (use_batch_invariant_kernels);
+        # GPU kernels promise no such thing.
+        self.batch_invariant = (
+            tiled_matmul_off() and kv_type != lc.GGML_TYPE_F16 and spec.flash_attention is True and spec.num_gpu == 0
+        )
         mp = lc.llama_model_default_params()
         mp.n_gpu_layers = 0x7FFFFFFF if spec.num_gpu < 0 else spec.num_gpu
-        if cpu_has_amx():
-            mp.use_extra_bufts = False  # see cpu_has_amx()
+        # Repacked weights (an "extra buffer type") multiply 4 rows at a time and the rest one
+        # by one, which rounds a row differently by batch size; see also cpu_has_amx().
+        if cpu_has_amx() or self.batch_invariant:
+            mp.use_extra_bufts = False
         self._tensor_split = set_placement(mp, spec)  # kept on self: llama.cpp reads it during the load
         if spec.use_mmap is not None:
             mp.load_mode = lc.LLAMA_LOAD_MODE_MMAP if spec.use_mmap else lc.LLAMA_LOAD_MODE_NONE
@@ -288,18 +302,6 @@ class NativeModel:
             n_seq = max(n_seq, EMBED_MAX_SEQS)
         self.n_seq_max = n_seq
 
-        kv_type = KV_TYPES.get(spec.kv_cache_type.lower())
-        if kv_type is None:
-            raise _load_failed(f"unknown kv cache type {spec.kv_cache_type!r}; use f16, q8_0 or q4_0")
-        if kv_type != lc.GGML_TYPE_F16 and spec.flash_attention is False:
-            log.warning("quantized KV cache needs flash attention; using f16")
-            kv_type = lc.GGML_TYPE_F16
-        self.kv_type = kv_type
-        # Same logits for a row whatever shares its batch (use_batch_invariant_kernels);
-        # GPU kernels promise no such thing.
-        self.batch_invariant = (
-            tiled_matmul_off() and kv_type != lc.GGML_TYPE_F16 and spec.flash_attention is True and spec.num_gpu == 0
-        )
         self.threads = spec.num_thread if spec.num_thread > 0 else cpu_threads()
         cp = self.context_params(self.num_ctx * self.num_parallel, n_seq, self.n_batch, self.is_embedding)
         if not self.is_embedding:
