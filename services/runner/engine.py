@@ -2,9 +2,9 @@
 
 The owner thread creates the llama.cpp model and context, runs the batcher,
 and frees everything on unload; nothing else touches them. The asyncio side
-talks to it only through a thread-safe command queue; results come back with
-`loop.call_soon_threadsafe` into an asyncio.Queue per request, so the event
-loop never blocks on llama.cpp.
+talks to it only through a thread-safe command queue; results come back
+through delivery.py (one hand-over to the event loop per step, a buffer per
+request), so the event loop never blocks on llama.cpp.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 from corral.errors import CorralError
 from corral.v1 import common_pb2
 from services.runner.batcher import Batcher
+from services.runner.delivery import EventBuffer, Outbox
 from services.runner.draftmodel import DraftModel, check_vocab
 from services.runner.jobs import GenerateSpec, GenEvent, Job
 from services.runner.native import LoadSpec, MemoryUsage, NativeModel
@@ -70,7 +71,7 @@ def _resolve(fut: concurrent.futures.Future[Any], value: Any = None, exc: BaseEx
 class GenerationStream:
     """Async iterator of GenEvent for one request; `cancel()` frees its sequence."""
 
-    def __init__(self, instance: Instance, job: Job, events: asyncio.Queue[GenEvent | CorralError]) -> None:
+    def __init__(self, instance: Instance, job: Job, events: EventBuffer) -> None:
         self._instance = instance
         self._job = job
         self._events = events
@@ -114,6 +115,7 @@ class Instance:
         self.queued_requests = 0
         self.kv_cells_used = 0
         self._commands: queue.SimpleQueue[_Command] = queue.SimpleQueue()
+        self._outbox = Outbox()
         self._closed = False
         self._close_lock = threading.Lock()
         self._loaded: concurrent.futures.Future[LoadInfo] = concurrent.futures.Future()
@@ -144,14 +146,8 @@ class Instance:
             await asyncio.wrap_future(self._stopped)
 
     def generate(self, spec: GenerateSpec) -> GenerationStream:
-        loop = asyncio.get_running_loop()
-        events: asyncio.Queue[GenEvent | CorralError] = asyncio.Queue()
-
-        def emit(ev: GenEvent | CorralError) -> None:
-            with contextlib.suppress(RuntimeError):  # the loop is closed
-                loop.call_soon_threadsafe(events.put_nowait, ev)
-
-        job = Job(spec, emit)
+        events = EventBuffer()
+        job = Job(spec, self._outbox.emitter(asyncio.get_running_loop(), events))
         self._put(job)
         return GenerationStream(self, job, events)
 
@@ -180,6 +176,7 @@ class Instance:
     # --- owner thread ---
 
     def _run(self) -> None:
+        self._outbox.bind()
         t0 = time.perf_counter_ns()
         nm: NativeModel | None = None
         try:
@@ -246,6 +243,7 @@ class Instance:
                 log.exception("decode step of %s failed", self.id)
                 batcher.abort_all(CorralError(common_pb2.ERROR_REASON_RUNNER_FAILED, f"runner error: {exc}"))
             self._publish(batcher)
+            self._outbox.flush()
 
     def _on_load_progress(self, fraction: float) -> bool:
         self.progress.loaded(fraction)
@@ -275,3 +273,4 @@ class Instance:
             self._closed = True
         while (cmd := self._poll()) is not None:
             self._put(cmd)
+        self._outbox.flush()

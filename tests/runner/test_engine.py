@@ -70,6 +70,21 @@ async def test_greedy_is_deterministic(inst: Instance) -> None:
     assert s1.prompt_eval_duration_ns > 0 and s1.eval_duration_ns > 0
 
 
+async def test_a_consumer_that_falls_behind_gets_merged_events(inst: Instance) -> None:
+    spec = GenerateSpec(prompt=PROMPT, params=GREEDY, add_bos=True)
+    await warm(inst, PROMPT)
+    started = time.perf_counter()
+    keeping_up = await collect(inst.generate(spec))
+    took = time.perf_counter() - started
+    stream = inst.generate(spec)
+    time.sleep(3 * took + 0.5)  # noqa: ASYNC251 - on purpose: the consumer (the event loop) falls behind
+    behind = await collect(stream)
+    assert behind.token_ids == keeping_up.token_ids and behind.text == keeping_up.text
+    assert len(behind.events) < len(keeping_up.events)  # what was pending came as one event
+    assert behind.last.done and behind.last.stats is not None
+    assert behind.last.stats.eval_count == len(behind.token_ids)
+
+
 async def test_repeated_prompt_reuses_the_prefix(inst: Instance) -> None:
     prompt = turn("Which is the largest ocean on Earth, and how deep does it get?")
     a = await collect(inst.generate(GenerateSpec(prompt=prompt, params=GREEDY, add_bos=True)))
