@@ -10,12 +10,14 @@ from collections.abc import Callable
 
 from corral import __version__, logs
 from corral.config import Settings
+from corral.grpc_io import use_polling_io
 from corral_app.cli.client import Client, CLIError
 
 SERVICES = ("gateway", "scheduler", "runner", "registry")
 
 
 def _run_service(name: str, settings: Settings) -> int:
+    use_polling_io()  # before the service imports grpc
     logs.setup(name)
     if name == "gateway":
         from services.gateway.main import serve as gateway
