@@ -12,15 +12,17 @@ is measured from the first to the last token on both sides (prompt evaluation ex
 the ratio REST/direct is printed (target ≥ 0.97). Threads, context, batch size, flash attention
 (off) and the sliding-window cache mode are pinned to the same values on both sides.
 
-`--cpu` also prints where the CPU went during the REST rounds: milliseconds of CPU per token
-for the client (this process), each service, and each thread of the runner and the gateway; on a machine with as many
-cores as decode threads, every millisecond outside llama.cpp's threads is taken from them.
-`--observe` runs the stack as an operator watching it would: every service's metrics port on
-and scraped every second, and every span exported over OTLP/HTTP to a collector in this
-process. `--baseline DIR` also starts a second stack from another checkout (e.g. a git
-worktree of an older commit) and interleaves its rounds, so "with and without" a change are
-measured in the same run: `git worktree add /tmp/base <rev>` then `--baseline /tmp/base`.
-Not a test: nothing is asserted.
+`--cpu` also prints where the CPU went during the REST rounds: milliseconds of CPU per
+token for the client (this process), each service, and each thread of the runner and the
+gateway; on a machine with as many cores as decode threads, every millisecond outside
+llama.cpp's threads is taken from them. `--stack-env KEY=VALUE` sets the corral stack's
+environment (not the baseline's). `--observe` runs the stack as an operator watching it
+would: every service's metrics port on and scraped every second, and every span exported
+over OTLP/HTTP to a collector in this process. `--baseline DIR` also starts a second stack
+from another checkout (e.g. a git worktree of an older commit) and interleaves its rounds
+(the two take turns going first), so "with and without" a change are measured in the same
+run: `git worktree add /tmp/base <rev>` then `--baseline /tmp/base`; per-round ratios are
+printed. Not a test: nothing is asserted.
 """
 
 from __future__ import annotations
@@ -227,9 +229,10 @@ def main() -> int:
         direct_speeds: list[float] = []
         cpu: dict[str, float] = {}
         direct_cpu: list[float] = []
-        for _ in range(args.rounds):
+        for r in range(args.rounds):
             direct_speeds += direct(model, args.tokens, args.threads, 1, cpu=direct_cpu)
-            for name, stack in stacks.items():
+            # The stacks take turns going first: the position in a round biases by about 1 %.
+            for name, stack in list(stacks.items())[:: 1 if r % 2 == 0 else -1]:
                 watch = (stack, cpu) if args.cpu and name == "corral" else None
                 round_wall, round_reported = rest(stack.url, "bench", args.tokens, args.threads, 1, cpu=watch)
                 wall[name] += round_wall
@@ -254,7 +257,8 @@ def main() -> int:
                 print(f"  {ms / args.rounds:7.3f}  {name}")
     if args.baseline:
         ratio = statistics.median(wall["corral"]) / statistics.median(wall["baseline"])
-        print(f"corral / baseline {ratio:6.3f}")
+        paired = [c / b for c, b in zip(wall["corral"], wall["baseline"], strict=True)]
+        print(f"corral / baseline {ratio:6.3f}   per round: {' '.join(f'{x:.3f}' for x in paired)}")
     return 0
 
 
