@@ -318,13 +318,12 @@ class Batcher:
                 self._resolve_follow(slot)
         rows: list[tuple[Slot, int, int]] = []  # slot, end row (exclusive), output row (-1: none)
         n = 0
-        drafts = nm.n_outputs_max - len(busy)  # output rows left for drafted tokens
+        drafts = self._drafts(busy)
         for slot in busy:
             seq = slot.seq
             assert seq is not None
             if seq.pending is not None:
-                draft = self._draft(slot, min(drafts, nm.n_batch - len(busy) - n))
-                drafts -= len(draft)
+                draft = drafts.get(slot.id, [])
                 nm.batch_add(n, seq.pending, seq.n_past, slot.id, True)
                 for j, tok in enumerate(draft):
                     nm.batch_add(n + 1 + j, tok, seq.n_past + 1 + j, slot.id, True)
@@ -371,19 +370,37 @@ class Batcher:
         if n:
             self._decode(rows, n)
 
-    def _draft(self, slot: Slot, room: int) -> list[int]:
-        """Tokens proposed after `pending`: by the draft model, else from the sequence's own
-        history (prompt lookup)."""
-        seq = slot.seq
-        assert seq is not None and seq.pending is not None
+    def _drafts(self, busy: list[Slot]) -> dict[int, list[int]]:
+        """Each generating slot's speculative tokens after its `pending` one, within the step's
+        output rows and batch: from its own history (prompt lookup), or from the draft model,
+        which proposes for all of them at once."""
+        outputs = self.nm.n_outputs_max - len(busy)  # output rows left for drafted tokens
+        n = 0  # rows taken so far
+        out: dict[int, list[int]] = {}
+        wanted: dict[int, tuple[list[int], int]] = {}
+        for slot in busy:
+            seq = slot.seq
+            if seq is None or seq.pending is None:
+                continue
+            k = self._draft_k(seq, min(outputs, self.nm.n_batch - len(busy) - n))
+            if self.drafter is not None:
+                if k > 0:
+                    wanted[slot.id] = ([*slot.cached, seq.pending], k)
+            else:
+                out[slot.id] = seq.ngrams.draft(k) if k > 0 and seq.ngrams is not None else []
+                k = len(out[slot.id])
+            outputs -= k
+            n += 1 + k
+        if wanted and self.drafter is not None:
+            out.update(self.drafter.propose_many(wanted))
+        return out
+
+    def _draft_k(self, seq: Seq, room: int) -> int:
+        """How many tokens a sequence may draft this step (0: none)."""
         if not seq.speculate or room <= 0:
-            return []
+            return 0
         k = min(seq.draft_len.next_k(), room, seq.limit - seq.generated - 1, self.nm.num_ctx - seq.n_past - 2)
-        if k <= 0:
-            return []
-        if self.drafter is not None:
-            return self.drafter.propose(slot.id, [*slot.cached, seq.pending], k)
-        return seq.ngrams.draft(k) if seq.ngrams is not None else []
+        return max(0, k)
 
     def _prompt_budget(self, n_gen: int) -> int:
         """Prompt tokens to add next to n_gen generating rows (chunked prefill)."""

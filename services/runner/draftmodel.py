@@ -40,28 +40,71 @@ class DraftModel:
         self.nm = nm
         self.max_draft = max_draft
         self.cached: list[list[int]] = [[] for _ in range(nm.num_parallel)]
+        self.shared_decodes = 0  # decodes that drafted for more than one sequence
 
     def propose(self, seq_id: int, history: list[int], k: int) -> list[int]:
         """Up to k tokens the draft model expects after `history` (greedy); [] when it cannot."""
+        return self.propose_many({seq_id: (history, k)}).get(seq_id, [])
+
+    def propose_many(self, wanted: dict[int, tuple[list[int], int]]) -> dict[int, list[int]]:
+        """`propose` for several sequences (seq_id: (history, k)) at once: their catch-ups go
+        in one batch, then each round of drafted tokens, one row per sequence still drafting."""
+        nm = self.nm
+        limit: dict[int, int] = {}
+        todo: dict[int, list[int]] = {}
+        for seq_id, (history, k) in wanted.items():
+            k = min(k, self.max_draft, nm.num_ctx - len(history) - 1)
+            if k > 0 and history:
+                limit[seq_id] = k
+                todo[seq_id] = self._rewind(seq_id, history)
+        out: dict[int, list[int]] = {seq_id: [] for seq_id in todo}
+        while todo:
+            picked = self._next(todo)
+            todo = {}
+            for seq_id, tok in picked.items():
+                out[seq_id].append(tok)
+                if len(out[seq_id]) < limit[seq_id] and not nm.is_eog(tok):
+                    todo[seq_id] = [tok]
+        return out
+
+    def _rewind(self, seq_id: int, history: list[int]) -> list[int]:
+        """Drops the draft KV past what `history` shares with it; returns the tokens to evaluate."""
         nm, cached = self.nm, self.cached[seq_id]
-        k = min(k, self.max_draft, nm.num_ctx - len(history) - 1)
-        if k <= 0 or not history:
-            return []
         keep = min(common_prefix(cached, history), len(history) - 1)  # the last token's logits are needed
         if keep < len(cached):
             if not nm.seq_rm(seq_id, keep):
                 nm.seq_rm(seq_id)
                 keep = 0
             del cached[keep:]
-        out: list[int] = []
-        todo = history[keep:]
-        while self._eval(seq_id, todo):
-            tok = self._greedy()
-            out.append(tok)
-            if len(out) == k or nm.is_eog(tok):
-                break
-            todo = [tok]
-        return out
+        return history[keep:]
+
+    def _next(self, todo: dict[int, list[int]]) -> dict[int, int]:
+        """Evaluates each sequence's tokens after its cached ones; the greedy next token of each
+        that succeeded. One batch when they fit, else sequence by sequence."""
+        nm = self.nm
+        if sum(len(tokens) for tokens in todo.values()) > nm.n_batch:
+            picked: dict[int, int] = {}
+            for seq_id, tokens in todo.items():
+                if self._eval(seq_id, tokens):
+                    picked[seq_id] = self._greedy(-1)  # before the next decode overwrites the logits
+            return picked
+        rows: dict[int, int] = {}
+        n = 0
+        for seq_id, tokens in todo.items():
+            start = len(self.cached[seq_id])
+            for i, tok in enumerate(tokens):
+                nm.batch_add(n, tok, start + i, seq_id, i == len(tokens) - 1)
+                n += 1
+            rows[seq_id] = n - 1
+        if nm.decode(n) != 0:
+            for seq_id in todo:
+                nm.seq_rm(seq_id)
+                self.cached[seq_id].clear()
+            return {}
+        for seq_id, tokens in todo.items():
+            self.cached[seq_id].extend(tokens)
+        self.shared_decodes += len(todo) > 1
+        return {seq_id: self._greedy(row) for seq_id, row in rows.items()}
 
     def _eval(self, seq_id: int, tokens: list[int]) -> bool:
         """Evaluates tokens after the sequence's cached ones, in batches, logits for the last."""
@@ -78,8 +121,9 @@ class DraftModel:
             cached.extend(chunk)
         return True
 
-    def _greedy(self) -> int:
-        logits = lc.llama_get_logits_ith(self.nm.ctx, -1)
+    def _greedy(self, row: int) -> int:
+        """The most likely token at batch row `row` of the last decode (-1: its last output)."""
+        logits = lc.llama_get_logits_ith(self.nm.ctx, row)
         return int(np.ctypeslib.as_array(logits, shape=(self.nm.n_vocab,)).argmax())
 
     def free(self) -> None:

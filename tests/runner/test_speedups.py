@@ -17,7 +17,7 @@ from corral.errors import CorralError
 from corral.v1 import common_pb2
 from services.runner.engine import Instance
 from services.runner.jobs import GenerateSpec
-from services.runner.native import LoadSpec
+from services.runner.native import LoadSpec, NativeModel
 from services.runner.promptcache import PromptCache
 from services.runner.sampling import SamplingParams
 from tests.ggufs import write_tiny_gguf
@@ -185,8 +185,35 @@ async def test_draft_model_output_equals_plain_greedy(gemma_path: Path) -> None:
         for p, d in zip(plain, drafted, strict=True):
             assert d.token_ids == p.token_ids and d.text == p.text
         assert batcher.drafted > 50 and batcher.draft_accepted >= 0.9 * batcher.drafted
+        assert batcher.drafter.shared_decodes > 0  # the concurrent pair drafted in shared batches
+        await proposals_together_equal_proposals_alone(inst, [turn(s) for s in SENTENCES[6:8]])
     finally:
         await inst.stop()
+
+
+async def proposals_together_equal_proposals_alone(inst: Instance, prompts: list[str]) -> None:
+    """The draft model proposes for two sequences in shared batches (catch-up, then each
+    round) exactly what it proposes for each alone (batch-invariant kernels)."""
+    drafter = inst.batcher.drafter if inst.batcher is not None else None
+    assert drafter is not None
+
+    def run(nm: NativeModel) -> tuple[dict[int, list[int]], dict[int, list[int]], int]:
+        histories = {i: nm.tokenize(p, True, True) for i, p in enumerate(prompts)}
+        for i in histories:  # start both from an empty draft KV
+            drafter.nm.seq_rm(i)
+            drafter.cached[i].clear()
+        shared = drafter.shared_decodes
+        together = drafter.propose_many({i: (h, 6) for i, h in histories.items()})
+        shared = drafter.shared_decodes - shared
+        for i in histories:
+            drafter.nm.seq_rm(i)
+            drafter.cached[i].clear()
+        alone = {i: drafter.propose(i, h, 6) for i, h in histories.items()}
+        return together, alone, shared
+
+    together, alone, shared = await inst.call(run)
+    assert together == alone and all(together.values())
+    assert shared >= 2  # the catch-up and at least one drafted round went as one batch
 
 
 async def test_a_draft_model_with_another_vocabulary_is_refused(gemma_path: Path, tmp_path: Path) -> None:
