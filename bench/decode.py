@@ -143,7 +143,8 @@ def rest(
                 for name, seconds in cpu_seconds(cpu[0]).items():
                     per_token = (seconds - before.get(name, 0.0)) * 1e3 / len(token_stamps)
                     cpu[1][name] = cpu[1].get(name, 0.0) + per_token
-            wall.append((len(token_stamps) - 1) / (token_stamps[-1] - token_stamps[0]))
+            # Tokens, not lines: a line carries several when the client fell behind.
+            wall.append((final["eval_count"] - 1) / (token_stamps[-1] - token_stamps[0]))
             reported.append(final["eval_count"] / (final["eval_duration"] / 1e9))
     return wall, reported
 

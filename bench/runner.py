@@ -57,9 +57,12 @@ class Trace:
 
     @property
     def decode_rate(self) -> float:
+        """Tokens after the first over the time from the first chunk to the last. Counted from
+        the final count when there is one: a chunk may carry several tokens (a speculative
+        step's, or those a consumer that fell behind gets merged)."""
         if len(self.stamps) < 2:
             return float("nan")
-        return (len(self.stamps) - 1) / (self.stamps[-1] - self.stamps[0])
+        return ((self.tokens or len(self.stamps)) - 1) / (self.stamps[-1] - self.stamps[0])
 
 
 class System:
