@@ -42,13 +42,10 @@ class DraftModel:
         self.cached: list[list[int]] = [[] for _ in range(nm.num_parallel)]
         self.shared_decodes = 0  # decodes that drafted for more than one sequence
 
-    def propose(self, seq_id: int, history: list[int], k: int) -> list[int]:
-        """Up to k tokens the draft model expects after `history` (greedy); [] when it cannot."""
-        return self.propose_many({seq_id: (history, k)}).get(seq_id, [])
-
     def propose_many(self, wanted: dict[int, tuple[list[int], int]]) -> dict[int, list[int]]:
-        """`propose` for several sequences (seq_id: (history, k)) at once: their catch-ups go
-        in one batch, then each round of drafted tokens, one row per sequence still drafting."""
+        """Up to k tokens (greedy) the draft model expects after each sequence's history
+        (seq_id: (history, k)); none for a sequence it cannot draft for. The catch-ups go in
+        one batch, then each round of drafted tokens, one row per sequence still drafting."""
         nm = self.nm
         limit: dict[int, int] = {}
         todo: dict[int, list[int]] = {}
@@ -80,14 +77,24 @@ class DraftModel:
 
     def _next(self, todo: dict[int, list[int]]) -> dict[int, int]:
         """Evaluates each sequence's tokens after its cached ones; the greedy next token of each
-        that succeeded. One batch when they fit, else sequence by sequence."""
+        that succeeded. One batch when they fit, else sequence by sequence in batch-sized chunks."""
+        n_batch = self.nm.n_batch
+        if sum(len(tokens) for tokens in todo.values()) <= n_batch:
+            return self._decode(todo)
+        picked: dict[int, int] = {}
+        for seq_id, tokens in todo.items():
+            got: dict[int, int] = {}
+            for start in range(0, len(tokens), n_batch):
+                got = self._decode({seq_id: tokens[start : start + n_batch]})
+                if not got:
+                    break
+            picked.update(got)
+        return picked
+
+    def _decode(self, todo: dict[int, list[int]]) -> dict[int, int]:
+        """One decode of every sequence's tokens (together at most n_batch); the greedy token
+        after each sequence's last. On failure the sequences' draft KV is dropped: {}."""
         nm = self.nm
-        if sum(len(tokens) for tokens in todo.values()) > nm.n_batch:
-            picked: dict[int, int] = {}
-            for seq_id, tokens in todo.items():
-                if self._eval(seq_id, tokens):
-                    picked[seq_id] = self._greedy(-1)  # before the next decode overwrites the logits
-            return picked
         rows: dict[int, int] = {}
         n = 0
         for seq_id, tokens in todo.items():
@@ -106,23 +113,8 @@ class DraftModel:
         self.shared_decodes += len(todo) > 1
         return {seq_id: self._greedy(row) for seq_id, row in rows.items()}
 
-    def _eval(self, seq_id: int, tokens: list[int]) -> bool:
-        """Evaluates tokens after the sequence's cached ones, in batches, logits for the last."""
-        nm, cached = self.nm, self.cached[seq_id]
-        for start in range(0, len(tokens), nm.n_batch):
-            chunk = tokens[start : start + nm.n_batch]
-            last = start + len(chunk) == len(tokens)
-            for i, tok in enumerate(chunk):
-                nm.batch_add(i, tok, len(cached) + i, seq_id, last and i == len(chunk) - 1)
-            if nm.decode(len(chunk)) != 0:
-                nm.seq_rm(seq_id)
-                cached.clear()
-                return False
-            cached.extend(chunk)
-        return True
-
     def _greedy(self, row: int) -> int:
-        """The most likely token at batch row `row` of the last decode (-1: its last output)."""
+        """The most likely token at batch row `row` of the last decode."""
         logits = lc.llama_get_logits_ith(self.nm.ctx, row)
         return int(np.ctypeslib.as_array(logits, shape=(self.nm.n_vocab,)).argmax())
 

@@ -208,12 +208,26 @@ async def proposals_together_equal_proposals_alone(inst: Instance, prompts: list
         for i in histories:
             drafter.nm.seq_rm(i)
             drafter.cached[i].clear()
-        alone = {i: drafter.propose(i, h, 6) for i, h in histories.items()}
+        alone = {i: drafter.propose_many({i: (h, 6)})[i] for i, h in histories.items()}
         return together, alone, shared
 
     together, alone, shared = await inst.call(run)
     assert together == alone and all(together.values())
     assert shared >= 2  # the catch-up and at least one drafted round went as one batch
+
+    def long_history(nm: NativeModel) -> tuple[int, list[int], list[int]]:
+        """A catch-up longer than a batch goes in batch-sized chunks; drafting again after it
+        (only the last token left to evaluate) proposes the same."""
+        history = nm.tokenize(" ".join(SENTENCES) * 3, True, True)
+        drafter.nm.seq_rm(0)
+        drafter.cached[0].clear()
+        fresh = drafter.propose_many({0: (history, 6)})[0]
+        again = drafter.propose_many({0: (history, 6)})[0]
+        return len(history), fresh, again
+
+    n, fresh, again = await inst.call(long_history)
+    assert drafter.nm.n_batch < n < drafter.nm.num_ctx - 6
+    assert fresh and fresh == again
 
 
 async def test_a_draft_model_with_another_vocabulary_is_refused(gemma_path: Path, tmp_path: Path) -> None:
