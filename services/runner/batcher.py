@@ -29,7 +29,7 @@ from services.runner.jobs import GenerateSpec, GenEvent, GenStats, Job
 from services.runner.logprobs import PositionLogprobs, position_logprobs
 from services.runner.native import NativeModel
 from services.runner.promptcache import MIN_PREFIX, PromptCache, common_prefix
-from services.runner.sampling import build_chain
+from services.runner.sampling import build_chain, plain_greedy
 from services.runner.speculate import DraftLength, NgramIndex
 from services.runner.textstream import TextStream
 
@@ -181,7 +181,8 @@ class Batcher:
         p = job.spec.params
         chain = build_chain(p, nm.vocab, nm.num_ctx)
         budget = think_budget(job.spec.thinking, nm.piece, lambda t: nm.tokenize(t, False, True))
-        sampler = TokenSampler(chain, grammar, self._cands, exact_subset_k(p), budget)
+        argmax_vocab = nm.n_vocab if plain_greedy(p) else 0
+        sampler = TokenSampler(chain, grammar, self._cands, exact_subset_k(p), budget, argmax_vocab)
         seq = Seq(
             job=job,
             sampler=sampler,

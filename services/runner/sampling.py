@@ -50,6 +50,16 @@ class SamplingParams:
         return cls(**given)
 
 
+def penalised(p: SamplingParams) -> bool:
+    """Whether past tokens change the logits (the chain then remembers what it accepts)."""
+    return p.repeat_penalty != 1.0 or p.presence_penalty != 0.0 or p.frequency_penalty != 0.0
+
+
+def plain_greedy(p: SamplingParams) -> bool:
+    """Whether build_chain makes the greedy sampler alone: the highest logit wins, nothing is remembered."""
+    return p.temperature <= 0 and not p.logit_bias and not penalised(p)
+
+
 def build_chain(params: SamplingParams, vocab: lc.llama_vocab_p, n_ctx_seq: int) -> lc.llama_sampler_p:
     """A sampler chain for one sequence; the caller frees it with llama_sampler_free.
 
@@ -64,8 +74,7 @@ def build_chain(params: SamplingParams, vocab: lc.llama_vocab_p, n_ctx_seq: int)
         biases = (lc.llama_logit_bias * n)(*(lc.llama_logit_bias(t, b) for t, b in params.logit_bias))
         add(lc.llama_sampler_init_logit_bias(lc.llama_vocab_n_tokens(vocab), n, biases))  # copies the array
     last_n = n_ctx_seq if params.repeat_last_n < 0 else params.repeat_last_n
-    penalised = params.repeat_penalty != 1.0 or params.presence_penalty != 0.0 or params.frequency_penalty != 0.0
-    if penalised and last_n > 0:
+    if penalised(params) and last_n > 0:
         add(
             lc.llama_sampler_init_penalties(
                 lc.llama_vocab_n_tokens(vocab),

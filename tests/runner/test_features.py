@@ -204,3 +204,36 @@ async def test_grammar_subset_resampling_equals_the_full_filter(
                 inst.generate(GenerateSpec(prompt=prompt, params=params, add_bos=True, json_schema=schema))
             )
         assert fast.text and fast.token_ids == full.token_ids
+
+
+async def test_greedy_argmax_picks_what_the_greedy_sampler_picks(
+    inst: Instance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Plain greedy takes numpy's argmax of the logits instead of llama.cpp's sampler; the
+    tokens are the same, with and without a grammar."""
+    import llama_cpp as lc
+
+    from services.runner import batcher
+
+    calls = 0
+    sample = lc.llama_sampler_sample
+
+    def counted(*args: Any) -> int:
+        nonlocal calls
+        calls += 1
+        return int(sample(*args))
+
+    monkeypatch.setattr(lc, "llama_sampler_sample", counted)
+    params = SamplingParams(temperature=0, num_predict=48)
+    prompts = [turn("Name three rivers and say one thing about each."), turn("Write a haiku about rain.")]
+    for prompt in prompts:
+        for schema in ("", json.dumps(SCHEMA)):
+            spec = GenerateSpec(prompt=prompt, params=params, add_bos=True, json_schema=schema)
+            fast = await collect(inst.generate(spec))
+            assert calls == 0  # the fast path ran
+            with monkeypatch.context() as m:
+                m.setattr(batcher, "plain_greedy", lambda _p: False)
+                slow = await collect(inst.generate(spec))
+            assert slow.token_ids and fast.token_ids == slow.token_ids
+            assert calls > 0 or schema  # with a grammar the chain is applied, not sampled
+            calls = 0
