@@ -30,7 +30,7 @@ from services.runner.logprobs import PositionLogprobs, position_logprobs
 from services.runner.native import NativeModel
 from services.runner.promptcache import MIN_PREFIX, PromptCache, common_prefix
 from services.runner.sampling import build_chain, plain_greedy
-from services.runner.speculate import DraftLength, NgramIndex
+from services.runner.speculate import DraftLength, NgramIndex, StepCosts
 from services.runner.textstream import TextStream
 
 if TYPE_CHECKING:
@@ -99,6 +99,7 @@ class Batcher:
         self.shared_tokens = 0  # prompt tokens copied from another sequence or the cache (tests read it)
         self.drafted = 0
         self.draft_accepted = 0
+        self.step_costs = StepCosts()
         self.slots = [Slot(i) for i in range(nm.num_parallel)]
         self.waiting: deque[Job] = deque()
         self._order = itertools.count()
@@ -332,6 +333,7 @@ class Batcher:
                 seq.draft = draft
                 rows.append((slot, n + 1 + len(draft), n))
                 seq.pending, seq.n_past, n = None, seq.n_past + 1, n + 1 + len(draft)
+        n_outputs = n
         budget = nm.n_batch - n if n == 0 else self._prompt_budget(n)
         prefill = sorted(
             (s for s in busy if s.seq is not None and s.seq.prompt_done < len(s.seq.job.tokens)),
@@ -369,7 +371,9 @@ class Batcher:
             budget -= take
             rows.append((slot, n, out))
         if n:
-            self._decode(rows, n)
+            seconds = self._decode(rows, n)
+            if n == n_outputs:  # generation and verification only: what a draft length choice weighs
+                self.step_costs.observe(n, seconds)
 
     def _drafts(self, busy: list[Slot]) -> dict[int, list[int]]:
         """Each generating slot's speculative tokens after its `pending` one, within the step's
@@ -377,6 +381,8 @@ class Batcher:
         which proposes for all of them at once."""
         outputs = self.nm.n_outputs_max - len(busy)  # output rows left for drafted tokens
         n = 0  # rows taken so far
+        generating = sum(1 for s in busy if s.seq is not None and s.seq.pending is not None)
+        extra = 0  # drafted rows so far
         out: dict[int, list[int]] = {}
         wanted: dict[int, tuple[list[int], int]] = {}
         for slot in busy:
@@ -384,17 +390,30 @@ class Batcher:
             if seq is None or seq.pending is None:
                 continue
             k = self._draft_k(seq, min(outputs, self.nm.n_batch - len(busy) - n))
+            rows = generating + extra  # output rows of the step if this one drafts nothing
             if self.drafter is not None:
+                k = self._worth(seq, rows, k)
                 if k > 0:
                     wanted[slot.id] = ([*slot.cached, seq.pending], k)
             else:
-                out[slot.id] = seq.ngrams.draft(k) if k > 0 and seq.ngrams is not None else []
+                draft = seq.ngrams.draft(k) if k > 0 and seq.ngrams is not None else []
+                out[slot.id] = draft[: self._worth(seq, rows, len(draft))]
                 k = len(out[slot.id])
             outputs -= k
+            extra += k
             n += 1 + k
         if wanted and self.drafter is not None:
             out.update(self.drafter.propose_many(wanted))
         return out
+
+    def _worth(self, seq: Seq, rows: int, k: int) -> int:
+        """How much of a k-token draft is worth its rows in a step of `rows` output rows,
+        given the share of the sequence's drafted tokens accepted so far."""
+        d = seq.draft_len
+        best = self.step_costs.best_extra(rows, k, (d.accepted + 1) / (d.proposed + 2))
+        if k > 0 and best == 0:
+            seq.draft_len.too_short()
+        return best
 
     def _draft_k(self, seq: Seq, room: int) -> int:
         """How many tokens a sequence may draft this step (0: none)."""
@@ -410,14 +429,17 @@ class Batcher:
             return min(room, max(32, self.nm.n_batch // 4))
         return min(room, max(MIN_CHUNK, int(TARGET_STEP_S / self._tok_cost) - n_gen))
 
-    def _decode(self, rows: list[tuple[Slot, int, int]], n: int) -> None:
-        """Decodes the batch, halving the view on "no KV slot" (rc 1) as llama-server does."""
+    def _decode(self, rows: list[tuple[Slot, int, int]], n: int) -> float:
+        """Decodes the batch, halving the view on "no KV slot" (rc 1) as llama-server does;
+        returns the seconds it took."""
         t0 = time.perf_counter()
         metrics.BATCH_TOKENS.observe(n)
         self._decode_views(rows, n)
+        seconds = time.perf_counter() - t0
         if n >= MIN_CHUNK:  # seconds per batch token, fixed costs included (errs towards smaller chunks)
-            cost = (time.perf_counter() - t0) / n
+            cost = seconds / n
             self._tok_cost = cost if self._tok_cost <= 0 else 0.7 * self._tok_cost + 0.3 * cost
+        return seconds
 
     def _decode_views(self, rows: list[tuple[Slot, int, int]], n: int) -> None:
         start, view = 0, n

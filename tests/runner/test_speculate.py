@@ -6,7 +6,7 @@ import pytest
 
 from corral.errors import CorralError
 from services.runner.promptcache import PromptCache, common_prefix
-from services.runner.speculate import MAX_DRAFT, MISS_PAUSE, DraftLength, NgramIndex
+from services.runner.speculate import MAX_DRAFT, MISS_PAUSE, DraftLength, NgramIndex, StepCosts
 
 
 def test_draft_continues_the_newest_earlier_occurrence() -> None:
@@ -56,6 +56,32 @@ def test_draft_length_grows_on_full_acceptance_and_pauses_after_a_miss() -> None
     assert [d.next_k() for _ in range(MISS_PAUSE)] == [0] * MISS_PAUSE
     assert d.next_k() == 1
     assert (d.proposed, d.accepted) == (4 + 8 + 4 * MAX_DRAFT + MAX_DRAFT + 3, 4 + 8 + 4 * MAX_DRAFT + 2)
+
+
+def test_a_draft_too_short_for_its_rows_grows_by_one() -> None:
+    d = DraftLength(start=1)
+    d.too_short()
+    assert d.next_k() == 2
+    for _ in range(2 * MAX_DRAFT):
+        d.too_short()
+    assert d.k == MAX_DRAFT
+
+
+def test_step_costs_pick_the_draft_length_with_the_most_tokens_per_second() -> None:
+    c = StepCosts()
+    assert c.best_extra(1, 5) == 5  # nothing measured yet: the whole draft
+    for rows, ms in {1: 10, 2: 22, 3: 28, 4: 31, 5: 47, 8: 41, 9: 52, 16: 56}.items():
+        c.observe(rows, ms / 1e3)
+    assert c.best_extra(1, 1) == 0  # 2 rows cost more than two single-row steps
+    assert c.best_extra(1, 5) == 3  # 4 rows beat 5, and 6 (not seen: taken to cost what 5 does)
+    assert c.best_extra(1, 8) == 7  # 8 rows beat 9
+    assert c.best_extra(1, 15) == 14  # 15 rows not seen: taken to cost what 9 do
+    assert c.best_extra(1, 16) == 16  # 17 rows not seen yet: tried
+    assert c.best_extra(1, 16, accept_rate=0.1) == 0  # drafts rarely accepted: no rows are worth it
+    assert c.best_extra(4, 4) == 4  # 8 rows cost 1.3 times 4 rows
+    assert c.best_extra(1, 0) == 0
+    c.observe(1, 0.02)
+    assert c.seconds[1] == pytest.approx(0.013)  # an EMA: one slow step moves it by alpha
 
 
 def test_common_prefix() -> None:

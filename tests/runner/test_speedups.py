@@ -6,6 +6,7 @@ q8_0 KV cache, as CORRAL_BATCH_INVARIANT=1 does)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -20,6 +21,7 @@ from services.runner.jobs import GenerateSpec
 from services.runner.native import LoadSpec, NativeModel
 from services.runner.promptcache import PromptCache
 from services.runner.sampling import SamplingParams
+from services.runner.speculate import StepCosts
 from tests.ggufs import write_tiny_gguf
 from tests.runner.conftest import Result, collect
 
@@ -76,18 +78,60 @@ async def run_all(inst: Instance, specs: list[GenerateSpec]) -> list[Result]:
     return list(await asyncio.gather(*(collect(inst.generate(s)) for s in specs)))
 
 
+class FixedCosts(StepCosts):
+    """Step costs set by the test, not learned."""
+
+    def __init__(self, seconds: dict[int, float]) -> None:
+        super().__init__()
+        self.seconds = seconds
+
+    def observe(self, rows: int, seconds: float) -> None:
+        pass
+
+
+@contextlib.asynccontextmanager
+async def step_costs(inst: Instance, seconds_per_extra_row: float) -> AsyncIterator[None]:
+    """The batcher weighs drafts against these step costs (a row: 10 ms, each one more: as given)."""
+    b = inst.batcher
+    assert b is not None
+    learned = b.step_costs
+    costs = FixedCosts({n: 0.010 + seconds_per_extra_row * (n - 1) for n in range(1, 64)})
+    await inst.call(lambda _nm: setattr(b, "step_costs", costs))
+    try:
+        yield
+    finally:
+        await inst.call(lambda _nm: setattr(b, "step_costs", learned))
+
+
 async def test_speculative_output_equals_plain_greedy_on_20_prompts(inst: Instance) -> None:
     prompts = [turn(f"Repeat this sentence twice, word for word:\n{s}") for s in SENTENCES]
     assert inst.batcher is not None
     accepted = inst.batcher.draft_accepted
     plain = [await collect(inst.generate(greedy(p, 24, speculative=False))) for p in prompts]
     # Drafted: concurrently too, so verification rows share batches with other sequences.
-    drafted = await run_all(inst, [greedy(p, 24, speculative=None) for p in prompts[:10]])  # on by default here
-    drafted += [await collect(inst.generate(greedy(p, 24))) for p in prompts[10:]]
+    # Extra rows nearly free, so no draft is cut for its cost (as on a GPU).
+    async with step_costs(inst, 0.0001):
+        drafted = await run_all(inst, [greedy(p, 24, speculative=None) for p in prompts[:10]])  # on by default here
+        drafted += [await collect(inst.generate(greedy(p, 24))) for p in prompts[10:]]
     for p, s in zip(plain, drafted, strict=True):
         assert s.token_ids == p.token_ids and s.text == p.text
         assert s.last.stats is not None and s.last.stats.eval_count == len(s.token_ids) == 24
     assert inst.batcher.draft_accepted - accepted > 100  # drafts were really verified and kept
+
+
+async def test_drafts_are_cut_to_what_their_rows_are_worth(inst: Instance) -> None:
+    """Where a drafted row costs as much as a step of its own, nothing is drafted; where
+    rows are nearly free, drafts are verified. The text is the same either way."""
+    b = inst.batcher
+    assert b is not None
+    spec = greedy(turn(f"Repeat this sentence twice, word for word:\n{SENTENCES[3]}"), 32)
+    texts = []
+    for per_extra_row, drafts in ((0.010, False), (0.0001, True)):
+        async with step_costs(inst, per_extra_row):
+            before = b.drafted
+            texts.append((await collect(inst.generate(spec))).token_ids)
+            assert (b.drafted > before) == drafts
+    assert texts[0] == texts[1]
 
 
 async def test_speculation_stays_off_by_default_without_invariant_kernels(gemma_path: Path) -> None:
@@ -180,8 +224,9 @@ async def test_draft_model_output_equals_plain_greedy(gemma_path: Path) -> None:
         prompts = [turn(f"Write one sentence about {s.lower()}") for s in SENTENCES[:6]]
         plain = [await collect(inst.generate(greedy(p, 24, speculative=False))) for p in prompts]
         assert batcher.drafted == 0
-        drafted = await run_all(inst, [greedy(p, 24, speculative=None) for p in prompts[:2]])
-        drafted += [await collect(inst.generate(greedy(p, 24, speculative=None))) for p in prompts[2:]]
+        async with step_costs(inst, 0.0001):  # no draft cut for its rows' cost
+            drafted = await run_all(inst, [greedy(p, 24, speculative=None) for p in prompts[:2]])
+            drafted += [await collect(inst.generate(greedy(p, 24, speculative=None))) for p in prompts[2:]]
         for p, d in zip(plain, drafted, strict=True):
             assert d.token_ids == p.token_ids and d.text == p.text
         assert batcher.drafted > 50 and batcher.draft_accepted >= 0.9 * batcher.drafted
