@@ -215,7 +215,7 @@ def main() -> int:
         env, urls = cleanup.enter_context(observed_env()) if args.observe else ({}, [])
         stacks: dict[str, Stack] = {}
         env.update(kv.split("=", 1) for kv in args.stack_env)
-        stacks["corral"] = start_stack(Path(tmp) / "corral", CORRAL_FLASH_ATTENTION="0", **env)
+        stacks["corral"] = start_stack(Path(tmp) / "corral", **{"CORRAL_FLASH_ATTENTION": "0", **env})
         cleanup.callback(stop_stack, stacks["corral"])
         if args.baseline:
             src = str(args.baseline.resolve())
