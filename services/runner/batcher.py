@@ -29,7 +29,7 @@ from services.runner.jobs import GenerateSpec, GenEvent, GenStats, Job
 from services.runner.logprobs import PositionLogprobs, position_logprobs
 from services.runner.native import NativeModel
 from services.runner.promptcache import MIN_PREFIX, PromptCache, common_prefix
-from services.runner.sampling import build_chain, plain_greedy
+from services.runner.sampling import build_chain
 from services.runner.speculate import DraftLength, NgramIndex, StepCosts
 from services.runner.textstream import TextStream
 
@@ -103,7 +103,7 @@ class Batcher:
         self.slots = [Slot(i) for i in range(nm.num_parallel)]
         self.waiting: deque[Job] = deque()
         self._order = itertools.count()
-        self._cands: Candidates | None = None  # shared by constrained sequences; built on first use
+        self._cands = Candidates(nm.n_vocab)  # the sequences' candidate arrays (owner thread only)
         self.grammar_rejections = 0
         self._tok_cost = 0.0  # EMA of decode seconds per batch token; 0 = not measured yet
 
@@ -177,13 +177,10 @@ class Batcher:
             return
         nm = self.nm
         keep, follow = self._reuse_prefix(slot, job.tokens)
-        if grammar is not None and self._cands is None:
-            self._cands = Candidates(nm.n_vocab)
         p = job.spec.params
         chain = build_chain(p, nm.vocab, nm.num_ctx)
         budget = think_budget(job.spec.thinking, nm.piece, lambda t: nm.tokenize(t, False, True))
-        argmax_vocab = nm.n_vocab if plain_greedy(p) else 0
-        sampler = TokenSampler(chain, grammar, self._cands, exact_subset_k(p), budget, argmax_vocab)
+        sampler = TokenSampler(chain, grammar, self._cands, exact_subset_k(p), budget)
         seq = Seq(
             job=job,
             sampler=sampler,

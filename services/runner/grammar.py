@@ -62,7 +62,10 @@ def grammar_error(lines: list[tuple[int, str]]) -> str:
 
 
 def exact_subset_k(p: SamplingParams) -> int:
-    """How many allowed tokens among the top SUBSET make the subset filter exact; 0 = never."""
+    """How many of the highest logits decide the chain's pick, so that sampling from them alone
+    (and, on a grammar's rejection, k allowed tokens among the top SUBSET) is exact: 1 for
+    greedy, top_k for a chain that starts with top-k; 0 = never (penalties and logit bias
+    reorder the logits first)."""
     if penalised(p) or p.logit_bias:
         return 0
     if p.temperature <= 0:
@@ -71,27 +74,69 @@ def exact_subset_k(p: SamplingParams) -> int:
 
 
 class Candidates:
-    """One reusable llama_token_data_array over the whole vocabulary (owner thread only)."""
+    """Reusable llama_token_data_arrays (owner thread only): one over the whole vocabulary,
+    allocated on first use (grammars and other full-vocabulary chains), and one of at most
+    SUBSET tokens."""
 
     def __init__(self, n_vocab: int) -> None:
         self.n_vocab = n_vocab
-        self._template = np.zeros(n_vocab, dtype=TOKEN_DATA)
-        self._template["id"] = np.arange(n_vocab, dtype=np.int32)
-        self._buf = np.empty_like(self._template)
+        self._template: np.ndarray[Any, np.dtype[np.void]] | None = None
+        self._buf = np.empty(0, dtype=TOKEN_DATA)
         self._data = ctypes.cast(self._buf.ctypes.data, ctypes.POINTER(lc.llama_token_data))
-        self.array = lc.llama_token_data_array(self._data, n_vocab, -1, False)
+        self.array = lc.llama_token_data_array(self._data, 0, -1, False)
         self._sub = np.zeros(min(SUBSET, n_vocab), dtype=TOKEN_DATA)
         self._sub_data = ctypes.cast(self._sub.ctypes.data, ctypes.POINTER(lc.llama_token_data))
+        self.spread = 8.0  # logits this far below the highest hold the top k (fill_near_max adapts it)
         self._one = lc.llama_token_data(0, 1.0, 0.0)
         self._single = lc.llama_token_data_array(ctypes.pointer(self._one), 1, -1, False)
 
     def fill(self, logits: ctypes._Pointer[ctypes.c_float]) -> ctypes._Pointer[lc.llama_token_data_array]:
+        if self._template is None:
+            self._template = np.zeros(self.n_vocab, dtype=TOKEN_DATA)
+            self._template["id"] = np.arange(self.n_vocab, dtype=np.int32)
+            self._buf = np.empty_like(self._template)
+            self._data = ctypes.cast(self._buf.ctypes.data, ctypes.POINTER(lc.llama_token_data))
         np.copyto(self._buf, self._template)
         self._buf["logit"] = np.ctypeslib.as_array(logits, shape=(self.n_vocab,))
         a = self.array
         a.data = self._data  # type: ignore[assignment]  # the stub says Array
         a.size, a.selected, a.sorted = self.n_vocab, -1, False
         return ctypes.pointer(a)
+
+    def argmax(self, logits: ctypes._Pointer[ctypes.c_float]) -> int:
+        """The first highest logit's token, as llama.cpp's greedy sampler picks it."""
+        return int(np.ctypeslib.as_array(logits, shape=(self.n_vocab,)).argmax())
+
+    def fill_near_max(
+        self, logits: ctypes._Pointer[ctypes.c_float], k: int
+    ) -> ctypes._Pointer[lc.llama_token_data_array] | None:
+        """Every token whose logit is within `spread` of the highest, if there are k to SUBSET
+        of them (else None). They include the k highest and every token tied with the k-th,
+        so a chain that starts by keeping the top k gives what it gives over the whole
+        vocabulary, without a candidate array of n_vocab entries. `spread` follows how far
+        down the k-th logit lies, for the next call."""
+        x = np.ctypeslib.as_array(logits, shape=(self.n_vocab,))
+        top = x.max()
+        for _ in range(6):
+            idx = np.flatnonzero(x >= top - self.spread)
+            n = len(idx)
+            if n < k:
+                self.spread *= 1.5
+                continue
+            if n > len(self._sub):
+                self.spread *= 0.6
+                continue
+            if n > 4 * k:
+                self.spread *= 0.95
+            sub = self._sub[:n]
+            sub["id"] = idx
+            sub["logit"] = x[idx]
+            sub["p"] = 0.0
+            a = self.array
+            a.data = self._sub_data  # type: ignore[assignment]  # the stub says Array
+            a.size, a.selected, a.sorted = n, -1, False
+            return ctypes.pointer(a)
+        return None
 
     def fill_top(self, logits: ctypes._Pointer[ctypes.c_float]) -> ctypes._Pointer[lc.llama_token_data_array]:
         """The SUBSET highest logits only (unsorted)."""
@@ -186,28 +231,27 @@ def think_budget(
 class TokenSampler:
     """A sequence's sampler chain plus optional grammar and thinking budget; `free()` releases both samplers.
 
-    `argmax_vocab` > 0 says the chain is plain greedy (sampling.plain_greedy) over that many
-    tokens: numpy's argmax of the logits row then gives its token (the first highest, as
-    llama.cpp's greedy picks) without the n_vocab candidate array llama_sampler_sample fills
-    on every call (0.02 against 0.18 ms a token for Gemma 3's 262k), and with a grammar it
-    skips filling Candidates before the grammar check.
+    `subset_k` (exact_subset_k) says how few of the highest logits decide the chain's pick:
+    1 for plain greedy, whose token is numpy's argmax of the logits row; k for a chain that
+    keeps the top k first, which then samples from the tokens near the highest logit
+    (Candidates.fill_near_max). Either way the token is the one llama_sampler_sample picks,
+    without the n_vocab candidate array it fills on every call (0.18 ms a token for Gemma 3's
+    262k; argmax 0.02 ms). 0: the chain sees the whole vocabulary.
     """
 
     def __init__(
         self,
         chain: lc.llama_sampler_p,
         grammar: lc.llama_sampler_p | None,
-        cands: Candidates | None,
+        cands: Candidates,
         subset_k: int = 0,
         budget: ThinkBudget | None = None,
-        argmax_vocab: int = 0,
     ) -> None:
         self.chain = chain
         self.grammar = grammar
         self._cands = cands
         self._subset_k = subset_k
         self.budget = budget
-        self._argmax_vocab = argmax_vocab
         self.rejections = 0  # how often the fast path fell back (benchmarks read it)
 
     def sample(self, ctx: Any, row: int) -> int:
@@ -227,15 +271,16 @@ class TokenSampler:
         return tok
 
     def _sample(self, ctx: Any, row: int) -> int:
-        g = self.grammar
-        if g is None and not self._argmax_vocab:
+        g, k = self.grammar, self._subset_k
+        if g is None and k == 0:
             return int(lc.llama_sampler_sample(self.chain, ctx, row))  # applies and accepts in C
         logits = lc.llama_get_logits_ith(ctx, row)
         tok = self._first_pick(logits)
         if g is None:
-            return tok  # plain greedy: accepting is a no-op
+            if k > 1:
+                lc.llama_sampler_accept(self.chain, tok)  # greedy (k == 1) accepts nothing
+            return tok
         cands = self._cands
-        assert cands is not None
         if not cands.allowed(g, tok):
             self.rejections += 1
             tok = self._resample(logits)
@@ -245,16 +290,16 @@ class TokenSampler:
 
     def _first_pick(self, logits: ctypes._Pointer[ctypes.c_float]) -> int:
         """The chain's token over the whole vocabulary, grammar not applied."""
-        if self._argmax_vocab:
-            return int(np.ctypeslib.as_array(logits, shape=(self._argmax_vocab,)).argmax())
-        cands = self._cands
-        assert cands is not None
-        lc.llama_sampler_apply(self.chain, cands.fill(logits))
+        cands, k = self._cands, self._subset_k
+        if k == 1:
+            return cands.argmax(logits)
+        p = cands.fill_near_max(logits, k) if k > 1 else None
+        lc.llama_sampler_apply(self.chain, p if p is not None else cands.fill(logits))
         return cands.selected()
 
     def _resample(self, logits: ctypes._Pointer[ctypes.c_float]) -> int:
         cands, g = self._cands, self.grammar
-        assert cands is not None and g is not None
+        assert g is not None
         if self._subset_k:
             p = cands.fill_top(logits)
             lc.llama_sampler_apply(g, p)

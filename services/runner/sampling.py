@@ -55,11 +55,6 @@ def penalised(p: SamplingParams) -> bool:
     return p.repeat_penalty != 1.0 or p.presence_penalty != 0.0 or p.frequency_penalty != 0.0
 
 
-def plain_greedy(p: SamplingParams) -> bool:
-    """Whether build_chain makes the greedy sampler alone: the highest logit wins, nothing is remembered."""
-    return p.temperature <= 0 and not p.logit_bias and not penalised(p)
-
-
 def build_chain(params: SamplingParams, vocab: lc.llama_vocab_p, n_ctx_seq: int) -> lc.llama_sampler_p:
     """A sampler chain for one sequence; the caller frees it with llama_sampler_free.
 

@@ -206,34 +206,44 @@ async def test_grammar_subset_resampling_equals_the_full_filter(
         assert fast.text and fast.token_ids == full.token_ids
 
 
-async def test_greedy_argmax_picks_what_the_greedy_sampler_picks(
+async def test_sampling_from_the_top_logits_picks_what_llama_cpp_picks(
     inst: Instance, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Plain greedy takes numpy's argmax of the logits instead of llama.cpp's sampler; the
-    tokens are the same, with and without a grammar."""
+    """Greedy takes numpy's argmax of the logits, top-k sampling samples from the tokens near
+    the highest logit, instead of llama.cpp's sampler over the whole vocabulary; the tokens
+    are the same, with and without a grammar, greedy and seeded."""
     import llama_cpp as lc
 
     from services.runner import batcher
+    from services.runner.grammar import Candidates
 
-    calls = 0
-    sample = lc.llama_sampler_sample
+    calls = fills = 0
+    sample, fill = lc.llama_sampler_sample, Candidates.fill
 
     def counted(*args: Any) -> int:
         nonlocal calls
         calls += 1
         return int(sample(*args))
 
+    def counted_fill(self: Candidates, logits: Any) -> Any:
+        nonlocal fills
+        fills += 1
+        return fill(self, logits)
+
     monkeypatch.setattr(lc, "llama_sampler_sample", counted)
-    params = SamplingParams(temperature=0, num_predict=48)
+    monkeypatch.setattr(Candidates, "fill", counted_fill)
     prompts = [turn("Name three rivers and say one thing about each."), turn("Write a haiku about rain.")]
-    for prompt in prompts:
-        for schema in ("", json.dumps(SCHEMA)):
-            spec = GenerateSpec(prompt=prompt, params=params, add_bos=True, json_schema=schema)
-            fast = await collect(inst.generate(spec))
-            assert calls == 0  # the fast path ran
-            with monkeypatch.context() as m:
-                m.setattr(batcher, "plain_greedy", lambda _p: False)
-                slow = await collect(inst.generate(spec))
-            assert slow.token_ids and fast.token_ids == slow.token_ids
-            assert calls > 0 or schema  # with a grammar the chain is applied, not sampled
-            calls = 0
+    for params in (SamplingParams(temperature=0, num_predict=48), SamplingParams(seed=7, num_predict=48)):
+        for prompt in prompts:
+            for schema in ("", json.dumps(SCHEMA)):
+                spec = GenerateSpec(prompt=prompt, params=params, add_bos=True, json_schema=schema)
+                fast = await collect(inst.generate(spec))
+                assert calls == 0  # llama.cpp's sampler was not asked
+                # nor the vocabulary filled in (a grammar's rejection does; so may a very flat row)
+                assert fills <= len(fast.token_ids) // 10 or schema
+                with monkeypatch.context() as m:
+                    m.setattr(batcher, "exact_subset_k", lambda _p: 0)
+                    slow = await collect(inst.generate(spec))
+                assert slow.token_ids and fast.token_ids == slow.token_ids
+                assert calls > 0 or schema  # with a grammar the chain is applied, not sampled
+                calls = fills = 0
