@@ -110,11 +110,13 @@ class Candidates:
     def fill_near_max(
         self, logits: ctypes._Pointer[ctypes.c_float], k: int
     ) -> ctypes._Pointer[lc.llama_token_data_array] | None:
-        """Every token whose logit is within `spread` of the highest, if there are k to SUBSET
-        of them (else None). They include the k highest and every token tied with the k-th,
-        so a chain that starts by keeping the top k gives what it gives over the whole
-        vocabulary, without a candidate array of n_vocab entries. `spread` follows how far
-        down the k-th logit lies, for the next call."""
+        """The tokens whose logit is at least the k-th highest: the top k and every token tied
+        with the k-th, in token order (None when they cannot be found among at most SUBSET
+        tokens near the highest logit). A chain that starts by keeping the top k then samples
+        what it samples over the whole vocabulary (up to the order it gives tokens tied to the
+        bit), without a candidate array of n_vocab entries. The set depends on the logits
+        alone; `spread`, how far below the highest logit to look, only makes finding it cheap
+        and follows where the k-th logit lies."""
         x = np.ctypeslib.as_array(logits, shape=(self.n_vocab,))
         top = x.max()
         for _ in range(6):
@@ -128,9 +130,14 @@ class Candidates:
                 continue
             if n > 4 * k:
                 self.spread *= 0.95
+            vals = x[idx]
+            if n > k:
+                keep = vals >= np.partition(vals, n - k)[n - k]
+                idx, vals = idx[keep], vals[keep]
+                n = len(idx)
             sub = self._sub[:n]
             sub["id"] = idx
-            sub["logit"] = x[idx]
+            sub["logit"] = vals
             sub["p"] = 0.0
             a = self.array
             a.data = self._sub_data  # type: ignore[assignment]  # the stub says Array
