@@ -119,6 +119,7 @@ class Candidates:
         and follows where the k-th logit lies."""
         x = np.ctypeslib.as_array(logits, shape=(self.n_vocab,))
         top = x.max()
+        k = min(k, self.n_vocab)  # top_k beyond the vocabulary keeps it all
         for _ in range(6):
             idx = np.flatnonzero(x >= top - self.spread)
             n = len(idx)
@@ -241,9 +242,10 @@ class TokenSampler:
     `subset_k` (exact_subset_k) says how few of the highest logits decide the chain's pick:
     1 for plain greedy, whose token is numpy's argmax of the logits row; k for a chain that
     keeps the top k first, which then samples from the tokens near the highest logit
-    (Candidates.fill_near_max). Either way the token is the one llama_sampler_sample picks,
-    without the n_vocab candidate array it fills on every call (0.18 ms a token for Gemma 3's
-    262k; argmax 0.02 ms). 0: the chain sees the whole vocabulary.
+    (Candidates.fill_near_max). Either way the token is the one llama_sampler_sample picks
+    (but for which of several tokens with bit-identical logits a draw lands on), without the
+    n_vocab candidate array it fills on every call (0.18 ms a token for Gemma 3's 262k;
+    argmax 0.02 ms). 0: the chain sees the whole vocabulary.
     """
 
     def __init__(

@@ -49,6 +49,13 @@ def test_a_row_too_flat_for_the_subset_gets_none() -> None:
     assert c.fill_near_max(pointer(np.full(N_VOCAB, -np.inf, dtype=np.float32)), 40) is None
 
 
+def test_top_k_beyond_a_small_vocabulary_takes_all_of_it() -> None:
+    c = Candidates(16)
+    x = np.arange(16, dtype=np.float32)
+    p = c.fill_near_max(pointer(x), 40)
+    assert p is not None and ids(p) == list(range(16))
+
+
 @pytest.mark.parametrize(
     "params",
     [
