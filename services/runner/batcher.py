@@ -406,10 +406,12 @@ class Batcher:
     def _worth(self, seq: Seq, rows: int, k: int) -> int:
         """How much of a k-token draft is worth its rows in a step of `rows` output rows,
         given the share of the sequence's drafted tokens accepted so far."""
+        if k <= 0:
+            return 0
         d = seq.draft_len
         best = self.step_costs.best_extra(rows, k, (d.accepted + 1) / (d.proposed + 2))
-        if k > 0 and best == 0:
-            seq.draft_len.too_short()
+        if best == 0:
+            d.too_short()
         return best
 
     def _draft_k(self, seq: Seq, room: int) -> int:

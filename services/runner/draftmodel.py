@@ -11,12 +11,12 @@ were mostly drafted here, so they are already evaluated).
 from __future__ import annotations
 
 import llama_cpp as lc
-import numpy as np
 
 from corral.errors import CorralError
 from corral.v1 import common_pb2
 from services.runner.native import NativeModel
 from services.runner.promptcache import common_prefix
+from services.runner.sampling import greedy_token
 
 VOCAB_CHECKED = 512  # leading token pieces compared between the two vocabularies
 
@@ -115,8 +115,7 @@ class DraftModel:
 
     def _greedy(self, row: int) -> int:
         """The most likely token at batch row `row` of the last decode."""
-        logits = lc.llama_get_logits_ith(self.nm.ctx, row)
-        return int(np.ctypeslib.as_array(logits, shape=(self.nm.n_vocab,)).argmax())
+        return greedy_token(lc.llama_get_logits_ith(self.nm.ctx, row), self.nm.n_vocab)
 
     def free(self) -> None:
         self.nm.free()

@@ -29,7 +29,7 @@ from corral.errors import CorralError
 from corral.v1 import common_pb2
 from services.runner import llamalog
 from services.runner.constraints import Thinking, schema_to_gbnf
-from services.runner.sampling import SamplingParams, penalised
+from services.runner.sampling import SamplingParams, greedy_token, penalised
 
 __all__ = ["Candidates", "ThinkBudget", "TokenSampler", "exact_subset_k", "init_grammar", "schema_to_gbnf"]
 
@@ -102,10 +102,6 @@ class Candidates:
         a.data = self._data  # type: ignore[assignment]  # the stub says Array
         a.size, a.selected, a.sorted = self.n_vocab, -1, False
         return ctypes.pointer(a)
-
-    def argmax(self, logits: ctypes._Pointer[ctypes.c_float]) -> int:
-        """The first highest logit's token, as llama.cpp's greedy sampler picks it."""
-        return int(np.ctypeslib.as_array(logits, shape=(self.n_vocab,)).argmax())
 
     def fill_near_max(
         self, logits: ctypes._Pointer[ctypes.c_float], k: int
@@ -301,7 +297,7 @@ class TokenSampler:
         """The chain's token over the whole vocabulary, grammar not applied."""
         cands, k = self._cands, self._subset_k
         if k == 1:
-            return cands.argmax(logits)
+            return greedy_token(logits, cands.n_vocab)
         p = cands.fill_near_max(logits, k) if k > 1 else None
         lc.llama_sampler_apply(self.chain, p if p is not None else cands.fill(logits))
         return cands.selected()

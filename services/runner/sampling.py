@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import ctypes
 import random
 from dataclasses import dataclass, field
 from typing import Any
 
 import llama_cpp as lc
+import numpy as np
 
 from corral.options import field_kind
 from corral.v1 import common_pb2
@@ -48,6 +50,11 @@ class SamplingParams:
             elif opts.HasField(f.name):
                 given[f.name] = getattr(opts, f.name)
         return cls(**given)
+
+
+def greedy_token(logits: ctypes._Pointer[ctypes.c_float], n_vocab: int) -> int:
+    """The first highest logit's token, as llama.cpp's greedy sampler picks it."""
+    return int(np.ctypeslib.as_array(logits, shape=(n_vocab,)).argmax())
 
 
 def penalised(p: SamplingParams) -> bool:

@@ -102,9 +102,11 @@ class StepCosts:
         """How many of k_max drafted tokens to verify in a step of `rows` output rows: the k
         with the most expected tokens, rows + accept_rate * k, per second; k_max while
         nothing is known."""
+        if k_max <= 0:
+            return 0
         seen = [n for n in self.seconds if n <= rows]
-        if not seen or k_max <= 0:
-            return max(0, k_max)
+        if not seen:
+            return k_max
         cost = self.seconds[max(seen)]
         best, best_rate = 0, rows / cost
         for k in range(1, k_max + 1):
