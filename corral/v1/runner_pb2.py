@@ -25,15 +25,15 @@ _sym_db = _symbol_database.Default()
 from corral.v1 import common_pb2 as corral_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x63orral/v1/runner.proto\x12\tcorral.v1\x1a\x16\x63orral/v1/common.proto\"z\n\x10LoadModelRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x12\n\nmodel_path\x18\x02 \x01(\t\x12\x14\n\x0cmodel_digest\x18\x03 \x01(\t\x12\'\n\x07options\x18\x04 \x01(\x0b\x32\x16.corral.v1.LoadOptions\"\x98\x01\n\x11LoadModelResponse\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x16\n\x0e\x63ontext_length\x18\x02 \x01(\x05\x12\x14\n\x0cnum_parallel\x18\x03 \x01(\x05\x12&\n\x06memory\x18\x04 \x01(\x0b\x32\x16.corral.v1.MemoryUsage\x12\x18\n\x10load_duration_ns\x18\x05 \x01(\x03\"\xa5\x01\n\x0bMemoryUsage\x12\x15\n\rweights_bytes\x18\x01 \x01(\x04\x12\x16\n\x0ekv_cache_bytes\x18\x02 \x01(\x04\x12\x15\n\rcompute_bytes\x18\x03 \x01(\x04\x12\x11\n\tgpu_bytes\x18\x04 \x01(\x04\x12\x13\n\x0btotal_bytes\x18\x05 \x01(\x04\x12(\n\x07\x64\x65vices\x18\x06 \x03(\x0b\x32\x17.corral.v1.DeviceMemory\")\n\x12UnloadModelRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\"\'\n\x13UnloadModelResponse\x12\x10\n\x08unloaded\x18\x01 \x01(\x08\"\xe8\x02\n\x0fGenerateRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x15\n\rprompt_tokens\x18\x03 \x03(\x05\x12,\n\x08sampling\x18\x04 \x01(\x0b\x32\x1a.corral.v1.SamplingOptions\x12\x0f\n\x07grammar\x18\x05 \x01(\t\x12\x10\n\x08logprobs\x18\x06 \x01(\x08\x12\x14\n\x0ctop_logprobs\x18\x07 \x01(\x05\x12\x0f\n\x07\x61\x64\x64_bos\x18\x08 \x01(\x08\x12\x12\n\nrequest_id\x18\t \x01(\t\x12\x13\n\x0bjson_schema\x18\n \x01(\t\x12\x10\n\x08truncate\x18\x0b \x01(\x08\x12)\n\nconstraint\x18\x0c \x01(\x0b\x32\x15.corral.v1.Constraint\x12)\n\x08thinking\x18\r \x01(\x0b\x32\x17.corral.v1.ThinkingSpec\x12\x10\n\x08no_shift\x18\x0e \x01(\x08\"z\n\nConstraint\x12\x15\n\x0bjson_schema\x18\x01 \x01(\tH\x00\x12\x0e\n\x04json\x18\x02 \x01(\x08H\x00\x12\x0e\n\x04gbnf\x18\x03 \x01(\tH\x00\x12-\n\ntool_calls\x18\x04 \x01(\x0b\x32\x17.corral.v1.ToolCallSpecH\x00\x42\x06\n\x04kind\"3\n\nToolSchema\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x17\n\x0fparameters_json\x18\x02 \x01(\t\"\x99\x01\n\x0cToolCallSpec\x12\'\n\x04mode\x18\x01 \x01(\x0e\x32\x19.corral.v1.ToolChoiceMode\x12$\n\x05tools\x18\x02 \x03(\x0b\x32\x15.corral.v1.ToolSchema\x12\x10\n\x08open_tag\x18\x03 \x01(\t\x12\x11\n\tclose_tag\x18\x04 \x01(\t\x12\x15\n\rarguments_key\x18\x05 \x01(\t\"S\n\x0cThinkingSpec\x12\x0c\n\x04open\x18\x01 \x01(\t\x12\r\n\x05\x63lose\x18\x02 \x01(\t\x12\x0f\n\x07started\x18\x03 \x01(\x08\x12\x15\n\rbudget_tokens\x18\x04 \x01(\x05\"=\n\x0cTokenLogprob\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\x12\r\n\x05\x62ytes\x18\x03 \x01(\x0c\"b\n\x10PositionLogprobs\x12(\n\x07sampled\x18\x01 \x01(\x0b\x32\x17.corral.v1.TokenLogprob\x12$\n\x03top\x18\x02 \x03(\x0b\x32\x17.corral.v1.TokenLogprob\"\xc7\x01\n\x10GenerateResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\x05\x12\x0c\n\x04\x64one\x18\x03 \x01(\x08\x12*\n\x0b\x64one_reason\x18\x04 \x01(\x0e\x32\x15.corral.v1.DoneReason\x12)\n\x05stats\x18\x05 \x01(\x0b\x32\x1a.corral.v1.GenerationStats\x12-\n\x08logprobs\x18\x06 \x03(\x0b\x32\x1b.corral.v1.PositionLogprobs\"L\n\nEmbedInput\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12%\n\x06tokens\x18\x02 \x01(\x0b\x32\x13.corral.v1.TokenIdsH\x00\x42\x07\n\x05input\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\x05\"\x83\x01\n\x0c\x45mbedRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12%\n\x06inputs\x18\x02 \x03(\x0b\x32\x15.corral.v1.EmbedInput\x12\x10\n\x08truncate\x18\x03 \x01(\x08\x12\x11\n\tnormalize\x18\x04 \x01(\x08\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"\x1b\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\"T\n\rEmbedResponse\x12(\n\nembeddings\x18\x01 \x03(\x0b\x32\x14.corral.v1.Embedding\x12\x19\n\x11prompt_eval_count\x18\x02 \x01(\x05\"l\n\rRerankRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\r\n\x05query\x18\x02 \x01(\t\x12\x11\n\tdocuments\x18\x03 \x03(\t\x12\x10\n\x08truncate\x18\x04 \x01(\x08\x12\x12\n\nrequest_id\x18\x05 \x01(\t\";\n\x0eRerankResponse\x12\x0e\n\x06scores\x18\x01 \x03(\x02\x12\x19\n\x11prompt_eval_count\x18\x02 \x01(\x05\"`\n\x0fTokenizeRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x13\n\x0b\x61\x64\x64_special\x18\x03 \x01(\x08\x12\x15\n\rparse_special\x18\x04 \x01(\x08\"\"\n\x10TokenizeResponse\x12\x0e\n\x06tokens\x18\x01 \x03(\x05\"8\n\x11\x44\x65tokenizeRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x0e\n\x06tokens\x18\x02 \x03(\x05\"\"\n\x12\x44\x65tokenizeResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\"\x12\n\x10GetStatusRequest\"\xea\x01\n\x0eInstanceStatus\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x12\n\nmodel_path\x18\x02 \x01(\t\x12&\n\x06memory\x18\x03 \x01(\x0b\x32\x16.corral.v1.MemoryUsage\x12\x16\n\x0e\x63ontext_length\x18\x04 \x01(\x05\x12\x14\n\x0cnum_parallel\x18\x05 \x01(\x05\x12\x18\n\x10\x61\x63tive_sequences\x18\x06 \x01(\x05\x12\x17\n\x0fqueued_requests\x18\x07 \x01(\x05\x12\x0f\n\x07loading\x18\x08 \x01(\x08\x12\x15\n\rload_progress\x18\t \x01(\x02\"\x86\x01\n\x11GetStatusResponse\x12\x11\n\trunner_id\x18\x01 \x01(\t\x12,\n\tinstances\x18\x03 \x03(\x0b\x32\x19.corral.v1.InstanceStatus\x12\"\n\x07\x64\x65vices\x18\x04 \x03(\x0b\x32\x11.corral.v1.DeviceJ\x04\x08\x02\x10\x03R\x06\x64\x65vice*l\n\x0eToolChoiceMode\x12 \n\x1cTOOL_CHOICE_MODE_UNSPECIFIED\x10\x00\x12\x1d\n\x19TOOL_CHOICE_MODE_REQUIRED\x10\x01\x12\x19\n\x15TOOL_CHOICE_MODE_NONE\x10\x02\x32\xbf\x04\n\rRunnerService\x12\x46\n\tLoadModel\x12\x1b.corral.v1.LoadModelRequest\x1a\x1c.corral.v1.LoadModelResponse\x12L\n\x0bUnloadModel\x12\x1d.corral.v1.UnloadModelRequest\x1a\x1e.corral.v1.UnloadModelResponse\x12\x45\n\x08Generate\x12\x1a.corral.v1.GenerateRequest\x1a\x1b.corral.v1.GenerateResponse0\x01\x12:\n\x05\x45mbed\x12\x17.corral.v1.EmbedRequest\x1a\x18.corral.v1.EmbedResponse\x12=\n\x06Rerank\x12\x18.corral.v1.RerankRequest\x1a\x19.corral.v1.RerankResponse\x12\x43\n\x08Tokenize\x12\x1a.corral.v1.TokenizeRequest\x1a\x1b.corral.v1.TokenizeResponse\x12I\n\nDetokenize\x12\x1c.corral.v1.DetokenizeRequest\x1a\x1d.corral.v1.DetokenizeResponse\x12\x46\n\tGetStatus\x12\x1b.corral.v1.GetStatusRequest\x1a\x1c.corral.v1.GetStatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x63orral/v1/runner.proto\x12\tcorral.v1\x1a\x16\x63orral/v1/common.proto\"z\n\x10LoadModelRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x12\n\nmodel_path\x18\x02 \x01(\t\x12\x14\n\x0cmodel_digest\x18\x03 \x01(\t\x12\'\n\x07options\x18\x04 \x01(\x0b\x32\x16.corral.v1.LoadOptions\"\x98\x01\n\x11LoadModelResponse\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x16\n\x0e\x63ontext_length\x18\x02 \x01(\x05\x12\x14\n\x0cnum_parallel\x18\x03 \x01(\x05\x12&\n\x06memory\x18\x04 \x01(\x0b\x32\x16.corral.v1.MemoryUsage\x12\x18\n\x10load_duration_ns\x18\x05 \x01(\x03\"\xa5\x01\n\x0bMemoryUsage\x12\x15\n\rweights_bytes\x18\x01 \x01(\x04\x12\x16\n\x0ekv_cache_bytes\x18\x02 \x01(\x04\x12\x15\n\rcompute_bytes\x18\x03 \x01(\x04\x12\x11\n\tgpu_bytes\x18\x04 \x01(\x04\x12\x13\n\x0btotal_bytes\x18\x05 \x01(\x04\x12(\n\x07\x64\x65vices\x18\x06 \x03(\x0b\x32\x17.corral.v1.DeviceMemory\")\n\x12UnloadModelRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\"\'\n\x13UnloadModelResponse\x12\x10\n\x08unloaded\x18\x01 \x01(\x08\"\xf9\x02\n\x0fGenerateRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x15\n\rprompt_tokens\x18\x03 \x03(\x05\x12,\n\x08sampling\x18\x04 \x01(\x0b\x32\x1a.corral.v1.SamplingOptions\x12\x0f\n\x07grammar\x18\x05 \x01(\t\x12\x10\n\x08logprobs\x18\x06 \x01(\x08\x12\x14\n\x0ctop_logprobs\x18\x07 \x01(\x05\x12\x0f\n\x07\x61\x64\x64_bos\x18\x08 \x01(\x08\x12\x12\n\nrequest_id\x18\t \x01(\t\x12\x13\n\x0bjson_schema\x18\n \x01(\t\x12\x10\n\x08truncate\x18\x0b \x01(\x08\x12)\n\nconstraint\x18\x0c \x01(\x0b\x32\x15.corral.v1.Constraint\x12)\n\x08thinking\x18\r \x01(\x0b\x32\x17.corral.v1.ThinkingSpec\x12\x10\n\x08no_shift\x18\x0e \x01(\x08\x12\x0f\n\x07num_ctx\x18\x0f \x01(\x05\"z\n\nConstraint\x12\x15\n\x0bjson_schema\x18\x01 \x01(\tH\x00\x12\x0e\n\x04json\x18\x02 \x01(\x08H\x00\x12\x0e\n\x04gbnf\x18\x03 \x01(\tH\x00\x12-\n\ntool_calls\x18\x04 \x01(\x0b\x32\x17.corral.v1.ToolCallSpecH\x00\x42\x06\n\x04kind\"3\n\nToolSchema\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x17\n\x0fparameters_json\x18\x02 \x01(\t\"\x99\x01\n\x0cToolCallSpec\x12\'\n\x04mode\x18\x01 \x01(\x0e\x32\x19.corral.v1.ToolChoiceMode\x12$\n\x05tools\x18\x02 \x03(\x0b\x32\x15.corral.v1.ToolSchema\x12\x10\n\x08open_tag\x18\x03 \x01(\t\x12\x11\n\tclose_tag\x18\x04 \x01(\t\x12\x15\n\rarguments_key\x18\x05 \x01(\t\"S\n\x0cThinkingSpec\x12\x0c\n\x04open\x18\x01 \x01(\t\x12\r\n\x05\x63lose\x18\x02 \x01(\t\x12\x0f\n\x07started\x18\x03 \x01(\x08\x12\x15\n\rbudget_tokens\x18\x04 \x01(\x05\"=\n\x0cTokenLogprob\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\x12\r\n\x05\x62ytes\x18\x03 \x01(\x0c\"b\n\x10PositionLogprobs\x12(\n\x07sampled\x18\x01 \x01(\x0b\x32\x17.corral.v1.TokenLogprob\x12$\n\x03top\x18\x02 \x03(\x0b\x32\x17.corral.v1.TokenLogprob\"\xc7\x01\n\x10GenerateResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\x05\x12\x0c\n\x04\x64one\x18\x03 \x01(\x08\x12*\n\x0b\x64one_reason\x18\x04 \x01(\x0e\x32\x15.corral.v1.DoneReason\x12)\n\x05stats\x18\x05 \x01(\x0b\x32\x1a.corral.v1.GenerationStats\x12-\n\x08logprobs\x18\x06 \x03(\x0b\x32\x1b.corral.v1.PositionLogprobs\"L\n\nEmbedInput\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12%\n\x06tokens\x18\x02 \x01(\x0b\x32\x13.corral.v1.TokenIdsH\x00\x42\x07\n\x05input\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\x05\"\x94\x01\n\x0c\x45mbedRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12%\n\x06inputs\x18\x02 \x03(\x0b\x32\x15.corral.v1.EmbedInput\x12\x10\n\x08truncate\x18\x03 \x01(\x08\x12\x11\n\tnormalize\x18\x04 \x01(\x08\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x0f\n\x07num_ctx\x18\x06 \x01(\x05\"\x1b\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\"T\n\rEmbedResponse\x12(\n\nembeddings\x18\x01 \x03(\x0b\x32\x14.corral.v1.Embedding\x12\x19\n\x11prompt_eval_count\x18\x02 \x01(\x05\"l\n\rRerankRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\r\n\x05query\x18\x02 \x01(\t\x12\x11\n\tdocuments\x18\x03 \x03(\t\x12\x10\n\x08truncate\x18\x04 \x01(\x08\x12\x12\n\nrequest_id\x18\x05 \x01(\t\";\n\x0eRerankResponse\x12\x0e\n\x06scores\x18\x01 \x03(\x02\x12\x19\n\x11prompt_eval_count\x18\x02 \x01(\x05\"`\n\x0fTokenizeRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x13\n\x0b\x61\x64\x64_special\x18\x03 \x01(\x08\x12\x15\n\rparse_special\x18\x04 \x01(\x08\"\"\n\x10TokenizeResponse\x12\x0e\n\x06tokens\x18\x01 \x03(\x05\"8\n\x11\x44\x65tokenizeRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x0e\n\x06tokens\x18\x02 \x03(\x05\"\"\n\x12\x44\x65tokenizeResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\"\x12\n\x10GetStatusRequest\"\xea\x01\n\x0eInstanceStatus\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x12\n\nmodel_path\x18\x02 \x01(\t\x12&\n\x06memory\x18\x03 \x01(\x0b\x32\x16.corral.v1.MemoryUsage\x12\x16\n\x0e\x63ontext_length\x18\x04 \x01(\x05\x12\x14\n\x0cnum_parallel\x18\x05 \x01(\x05\x12\x18\n\x10\x61\x63tive_sequences\x18\x06 \x01(\x05\x12\x17\n\x0fqueued_requests\x18\x07 \x01(\x05\x12\x0f\n\x07loading\x18\x08 \x01(\x08\x12\x15\n\rload_progress\x18\t \x01(\x02\"\x86\x01\n\x11GetStatusResponse\x12\x11\n\trunner_id\x18\x01 \x01(\t\x12,\n\tinstances\x18\x03 \x03(\x0b\x32\x19.corral.v1.InstanceStatus\x12\"\n\x07\x64\x65vices\x18\x04 \x03(\x0b\x32\x11.corral.v1.DeviceJ\x04\x08\x02\x10\x03R\x06\x64\x65vice*l\n\x0eToolChoiceMode\x12 \n\x1cTOOL_CHOICE_MODE_UNSPECIFIED\x10\x00\x12\x1d\n\x19TOOL_CHOICE_MODE_REQUIRED\x10\x01\x12\x19\n\x15TOOL_CHOICE_MODE_NONE\x10\x02\x32\xbf\x04\n\rRunnerService\x12\x46\n\tLoadModel\x12\x1b.corral.v1.LoadModelRequest\x1a\x1c.corral.v1.LoadModelResponse\x12L\n\x0bUnloadModel\x12\x1d.corral.v1.UnloadModelRequest\x1a\x1e.corral.v1.UnloadModelResponse\x12\x45\n\x08Generate\x12\x1a.corral.v1.GenerateRequest\x1a\x1b.corral.v1.GenerateResponse0\x01\x12:\n\x05\x45mbed\x12\x17.corral.v1.EmbedRequest\x1a\x18.corral.v1.EmbedResponse\x12=\n\x06Rerank\x12\x18.corral.v1.RerankRequest\x1a\x19.corral.v1.RerankResponse\x12\x43\n\x08Tokenize\x12\x1a.corral.v1.TokenizeRequest\x1a\x1b.corral.v1.TokenizeResponse\x12I\n\nDetokenize\x12\x1c.corral.v1.DetokenizeRequest\x1a\x1d.corral.v1.DetokenizeResponse\x12\x46\n\tGetStatus\x12\x1b.corral.v1.GetStatusRequest\x1a\x1c.corral.v1.GetStatusResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'corral.v1.runner_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TOOLCHOICEMODE']._serialized_start=2883
-  _globals['_TOOLCHOICEMODE']._serialized_end=2991
+  _globals['_TOOLCHOICEMODE']._serialized_start=2917
+  _globals['_TOOLCHOICEMODE']._serialized_end=3025
   _globals['_LOADMODELREQUEST']._serialized_start=61
   _globals['_LOADMODELREQUEST']._serialized_end=183
   _globals['_LOADMODELRESPONSE']._serialized_start=186
@@ -45,49 +45,49 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_UNLOADMODELRESPONSE']._serialized_start=551
   _globals['_UNLOADMODELRESPONSE']._serialized_end=590
   _globals['_GENERATEREQUEST']._serialized_start=593
-  _globals['_GENERATEREQUEST']._serialized_end=953
-  _globals['_CONSTRAINT']._serialized_start=955
-  _globals['_CONSTRAINT']._serialized_end=1077
-  _globals['_TOOLSCHEMA']._serialized_start=1079
-  _globals['_TOOLSCHEMA']._serialized_end=1130
-  _globals['_TOOLCALLSPEC']._serialized_start=1133
-  _globals['_TOOLCALLSPEC']._serialized_end=1286
-  _globals['_THINKINGSPEC']._serialized_start=1288
-  _globals['_THINKINGSPEC']._serialized_end=1371
-  _globals['_TOKENLOGPROB']._serialized_start=1373
-  _globals['_TOKENLOGPROB']._serialized_end=1434
-  _globals['_POSITIONLOGPROBS']._serialized_start=1436
-  _globals['_POSITIONLOGPROBS']._serialized_end=1534
-  _globals['_GENERATERESPONSE']._serialized_start=1537
-  _globals['_GENERATERESPONSE']._serialized_end=1736
-  _globals['_EMBEDINPUT']._serialized_start=1738
-  _globals['_EMBEDINPUT']._serialized_end=1814
-  _globals['_TOKENIDS']._serialized_start=1816
-  _globals['_TOKENIDS']._serialized_end=1839
-  _globals['_EMBEDREQUEST']._serialized_start=1842
-  _globals['_EMBEDREQUEST']._serialized_end=1973
-  _globals['_EMBEDDING']._serialized_start=1975
-  _globals['_EMBEDDING']._serialized_end=2002
-  _globals['_EMBEDRESPONSE']._serialized_start=2004
-  _globals['_EMBEDRESPONSE']._serialized_end=2088
-  _globals['_RERANKREQUEST']._serialized_start=2090
-  _globals['_RERANKREQUEST']._serialized_end=2198
-  _globals['_RERANKRESPONSE']._serialized_start=2200
-  _globals['_RERANKRESPONSE']._serialized_end=2259
-  _globals['_TOKENIZEREQUEST']._serialized_start=2261
-  _globals['_TOKENIZEREQUEST']._serialized_end=2357
-  _globals['_TOKENIZERESPONSE']._serialized_start=2359
-  _globals['_TOKENIZERESPONSE']._serialized_end=2393
-  _globals['_DETOKENIZEREQUEST']._serialized_start=2395
-  _globals['_DETOKENIZEREQUEST']._serialized_end=2451
-  _globals['_DETOKENIZERESPONSE']._serialized_start=2453
-  _globals['_DETOKENIZERESPONSE']._serialized_end=2487
-  _globals['_GETSTATUSREQUEST']._serialized_start=2489
-  _globals['_GETSTATUSREQUEST']._serialized_end=2507
-  _globals['_INSTANCESTATUS']._serialized_start=2510
-  _globals['_INSTANCESTATUS']._serialized_end=2744
-  _globals['_GETSTATUSRESPONSE']._serialized_start=2747
-  _globals['_GETSTATUSRESPONSE']._serialized_end=2881
-  _globals['_RUNNERSERVICE']._serialized_start=2994
-  _globals['_RUNNERSERVICE']._serialized_end=3569
+  _globals['_GENERATEREQUEST']._serialized_end=970
+  _globals['_CONSTRAINT']._serialized_start=972
+  _globals['_CONSTRAINT']._serialized_end=1094
+  _globals['_TOOLSCHEMA']._serialized_start=1096
+  _globals['_TOOLSCHEMA']._serialized_end=1147
+  _globals['_TOOLCALLSPEC']._serialized_start=1150
+  _globals['_TOOLCALLSPEC']._serialized_end=1303
+  _globals['_THINKINGSPEC']._serialized_start=1305
+  _globals['_THINKINGSPEC']._serialized_end=1388
+  _globals['_TOKENLOGPROB']._serialized_start=1390
+  _globals['_TOKENLOGPROB']._serialized_end=1451
+  _globals['_POSITIONLOGPROBS']._serialized_start=1453
+  _globals['_POSITIONLOGPROBS']._serialized_end=1551
+  _globals['_GENERATERESPONSE']._serialized_start=1554
+  _globals['_GENERATERESPONSE']._serialized_end=1753
+  _globals['_EMBEDINPUT']._serialized_start=1755
+  _globals['_EMBEDINPUT']._serialized_end=1831
+  _globals['_TOKENIDS']._serialized_start=1833
+  _globals['_TOKENIDS']._serialized_end=1856
+  _globals['_EMBEDREQUEST']._serialized_start=1859
+  _globals['_EMBEDREQUEST']._serialized_end=2007
+  _globals['_EMBEDDING']._serialized_start=2009
+  _globals['_EMBEDDING']._serialized_end=2036
+  _globals['_EMBEDRESPONSE']._serialized_start=2038
+  _globals['_EMBEDRESPONSE']._serialized_end=2122
+  _globals['_RERANKREQUEST']._serialized_start=2124
+  _globals['_RERANKREQUEST']._serialized_end=2232
+  _globals['_RERANKRESPONSE']._serialized_start=2234
+  _globals['_RERANKRESPONSE']._serialized_end=2293
+  _globals['_TOKENIZEREQUEST']._serialized_start=2295
+  _globals['_TOKENIZEREQUEST']._serialized_end=2391
+  _globals['_TOKENIZERESPONSE']._serialized_start=2393
+  _globals['_TOKENIZERESPONSE']._serialized_end=2427
+  _globals['_DETOKENIZEREQUEST']._serialized_start=2429
+  _globals['_DETOKENIZEREQUEST']._serialized_end=2485
+  _globals['_DETOKENIZERESPONSE']._serialized_start=2487
+  _globals['_DETOKENIZERESPONSE']._serialized_end=2521
+  _globals['_GETSTATUSREQUEST']._serialized_start=2523
+  _globals['_GETSTATUSREQUEST']._serialized_end=2541
+  _globals['_INSTANCESTATUS']._serialized_start=2544
+  _globals['_INSTANCESTATUS']._serialized_end=2778
+  _globals['_GETSTATUSRESPONSE']._serialized_start=2781
+  _globals['_GETSTATUSRESPONSE']._serialized_end=2915
+  _globals['_RUNNERSERVICE']._serialized_start=3028
+  _globals['_RUNNERSERVICE']._serialized_end=3603
 # @@protoc_insertion_point(module_scope)

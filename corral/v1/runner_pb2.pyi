@@ -72,7 +72,7 @@ class UnloadModelResponse(_message.Message):
     def __init__(self, unloaded: _Optional[bool] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("instance_id", "prompt", "prompt_tokens", "sampling", "grammar", "logprobs", "top_logprobs", "add_bos", "request_id", "json_schema", "truncate", "constraint", "thinking", "no_shift")
+    __slots__ = ("instance_id", "prompt", "prompt_tokens", "sampling", "grammar", "logprobs", "top_logprobs", "add_bos", "request_id", "json_schema", "truncate", "constraint", "thinking", "no_shift", "num_ctx")
     INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -87,6 +87,7 @@ class GenerateRequest(_message.Message):
     CONSTRAINT_FIELD_NUMBER: _ClassVar[int]
     THINKING_FIELD_NUMBER: _ClassVar[int]
     NO_SHIFT_FIELD_NUMBER: _ClassVar[int]
+    NUM_CTX_FIELD_NUMBER: _ClassVar[int]
     instance_id: str
     prompt: str
     prompt_tokens: _containers.RepeatedScalarFieldContainer[int]
@@ -101,7 +102,8 @@ class GenerateRequest(_message.Message):
     constraint: Constraint
     thinking: ThinkingSpec
     no_shift: bool
-    def __init__(self, instance_id: _Optional[str] = ..., prompt: _Optional[str] = ..., prompt_tokens: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingOptions, _Mapping]] = ..., grammar: _Optional[str] = ..., logprobs: _Optional[bool] = ..., top_logprobs: _Optional[int] = ..., add_bos: _Optional[bool] = ..., request_id: _Optional[str] = ..., json_schema: _Optional[str] = ..., truncate: _Optional[bool] = ..., constraint: _Optional[_Union[Constraint, _Mapping]] = ..., thinking: _Optional[_Union[ThinkingSpec, _Mapping]] = ..., no_shift: _Optional[bool] = ...) -> None: ...
+    num_ctx: int
+    def __init__(self, instance_id: _Optional[str] = ..., prompt: _Optional[str] = ..., prompt_tokens: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingOptions, _Mapping]] = ..., grammar: _Optional[str] = ..., logprobs: _Optional[bool] = ..., top_logprobs: _Optional[int] = ..., add_bos: _Optional[bool] = ..., request_id: _Optional[str] = ..., json_schema: _Optional[str] = ..., truncate: _Optional[bool] = ..., constraint: _Optional[_Union[Constraint, _Mapping]] = ..., thinking: _Optional[_Union[ThinkingSpec, _Mapping]] = ..., no_shift: _Optional[bool] = ..., num_ctx: _Optional[int] = ...) -> None: ...
 
 class Constraint(_message.Message):
     __slots__ = ("json_schema", "json", "gbnf", "tool_calls")
@@ -198,18 +200,20 @@ class TokenIds(_message.Message):
     def __init__(self, ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class EmbedRequest(_message.Message):
-    __slots__ = ("instance_id", "inputs", "truncate", "normalize", "request_id")
+    __slots__ = ("instance_id", "inputs", "truncate", "normalize", "request_id", "num_ctx")
     INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     TRUNCATE_FIELD_NUMBER: _ClassVar[int]
     NORMALIZE_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    NUM_CTX_FIELD_NUMBER: _ClassVar[int]
     instance_id: str
     inputs: _containers.RepeatedCompositeFieldContainer[EmbedInput]
     truncate: bool
     normalize: bool
     request_id: str
-    def __init__(self, instance_id: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[EmbedInput, _Mapping]]] = ..., truncate: _Optional[bool] = ..., normalize: _Optional[bool] = ..., request_id: _Optional[str] = ...) -> None: ...
+    num_ctx: int
+    def __init__(self, instance_id: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[EmbedInput, _Mapping]]] = ..., truncate: _Optional[bool] = ..., normalize: _Optional[bool] = ..., request_id: _Optional[str] = ..., num_ctx: _Optional[int] = ...) -> None: ...
 
 class Embedding(_message.Message):
     __slots__ = ("values",)

@@ -58,6 +58,7 @@ class Seq:
     limit: int
     cached: int
     text: TextStream
+    n_ctx: int  # this sequence's context (Batcher.seq_ctx)
     t_start: int
     pending: int | None = None  # sampled, not yet decoded
     generated: int = 0
@@ -143,11 +144,17 @@ class Batcher:
             raise CorralError(common_pb2.ERROR_REASON_INVALID_ARGUMENT, "the prompt is empty")
         if any(t < 0 or t >= nm.n_vocab for t, _ in spec.params.logit_bias):
             raise CorralError(common_pb2.ERROR_REASON_INVALID_ARGUMENT, "logit_bias token id out of range")
-        if len(toks) >= nm.num_ctx:
+        n_ctx = self.seq_ctx(spec)
+        if len(toks) >= n_ctx:
             if not spec.truncate:
                 raise CorralError(common_pb2.ERROR_REASON_PROMPT_TOO_LONG, PROMPT_TOO_LONG)
-            toks = context.truncate_prompt(toks, nm.num_ctx, context.keep_count(nm, toks, spec.params.num_keep))
+            toks = context.truncate_prompt(toks, n_ctx, context.keep_count(nm, n_ctx, toks, spec.params.num_keep))
         return toks
+
+    def seq_ctx(self, spec: GenerateSpec) -> int:
+        """The sequence's context: the request's num_ctx where it is shorter than the
+        instance's (the scheduler leases an instance with a longer context too)."""
+        return spec.num_ctx if 0 < spec.num_ctx < self.nm.num_ctx else self.nm.num_ctx
 
     def reap_cancelled(self) -> None:
         """Frees cancelled sequences (KV included) before the next step."""
@@ -178,7 +185,8 @@ class Batcher:
         nm = self.nm
         keep, follow = self._reuse_prefix(slot, job.tokens)
         p = job.spec.params
-        chain = build_chain(p, nm.vocab, nm.num_ctx)
+        n_ctx = self.seq_ctx(job.spec)
+        chain = build_chain(p, nm.vocab, n_ctx)
         budget = think_budget(job.spec.thinking, nm.piece, lambda t: nm.tokenize(t, False, True))
         sampler = TokenSampler(chain, grammar, self._cands, exact_subset_k(p), budget)
         seq = Seq(
@@ -187,7 +195,8 @@ class Batcher:
             order=next(self._order),
             prompt_done=keep,
             n_past=keep,
-            limit=p.num_predict if p.num_predict >= 0 else PREDICT_FACTOR * nm.num_ctx,
+            limit=p.num_predict if p.num_predict >= 0 else PREDICT_FACTOR * n_ctx,
+            n_ctx=n_ctx,
             cached=keep,
             text=TextStream(p.stop),
             t_start=time.perf_counter_ns(),
@@ -418,7 +427,7 @@ class Batcher:
         """How many tokens a sequence may draft this step (0: none)."""
         if not seq.speculate or room <= 0:
             return 0
-        k = min(seq.draft_len.next_k(), room, seq.limit - seq.generated - 1, self.nm.num_ctx - seq.n_past - 2)
+        k = min(seq.draft_len.next_k(), room, seq.limit - seq.generated - 1, seq.n_ctx - seq.n_past - 2)
         return max(0, k)
 
     def _prompt_budget(self, n_gen: int) -> int:
@@ -529,7 +538,7 @@ class Batcher:
             seq.out_ids, seq.out_logprobs = [], []
         seq.repeats = seq.repeats + 1 if tok == seq.last_tok else 0
         seq.last_tok = tok
-        full = seq.n_past >= nm.num_ctx and not (seq.job.spec.shift and self._shift_context(slot))
+        full = seq.n_past >= seq.n_ctx and not (seq.job.spec.shift and self._shift_context(slot))
         if seq.repeats >= MAX_REPEATS:  # the 31st identical token in a row
             self._finish(slot, common_pb2.DONE_REASON_STOP)
         elif seq.generated >= seq.limit or full:
@@ -546,9 +555,9 @@ class Batcher:
         assert seq is not None
         if not self.nm.can_shift:
             return False
-        keep = context.keep_count(self.nm, slot.cached, seq.job.spec.params.num_keep)
+        keep = context.keep_count(self.nm, seq.n_ctx, slot.cached, seq.job.spec.params.num_keep)
         seq.n_past = context.shift(self.nm, slot.id, slot.cached, seq.n_past, keep)
-        return seq.n_past < self.nm.num_ctx
+        return seq.n_past < seq.n_ctx
 
     def _finish(self, slot: Slot, reason: int, text: str = "") -> None:
         seq = slot.seq

@@ -13,12 +13,12 @@ PROMPT_TOO_LONG = (
 )
 
 
-def keep_count(nm: NativeModel, tokens: list[int], num_keep: int) -> int:
+def keep_count(nm: NativeModel, num_ctx: int, tokens: list[int], num_keep: int) -> int:
     """Tokens kept at the front: num_keep (negative = all) plus a leading BOS, as llama-server
     adds `add_bos_token` to n_keep."""
     bos = 1 if tokens and tokens[0] == lc.llama_vocab_bos(nm.vocab) else 0
     keep = len(tokens) if num_keep < 0 else num_keep + bos
-    return max(0, min(keep, nm.num_ctx // 2))  # at least half the context stays free to shift into
+    return max(0, min(keep, num_ctx // 2))  # at least half the context stays free to shift into
 
 
 def truncate_prompt(tokens: list[int], num_ctx: int, keep: int) -> list[int]:

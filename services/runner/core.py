@@ -157,9 +157,9 @@ class Runner:
         return self._get(instance_id).generate(spec)
 
     async def embed(
-        self, instance_id: str, inputs: list[EmbedInput], truncate: bool, normalize: bool
+        self, instance_id: str, inputs: list[EmbedInput], truncate: bool, normalize: bool, num_ctx: int = 0
     ) -> tuple[list[list[float]], int]:
-        return await self._get(instance_id).call(lambda nm: embed(nm, inputs, truncate, normalize))
+        return await self._get(instance_id).call(lambda nm: embed(nm, inputs, truncate, normalize, num_ctx))
 
     async def rerank(
         self, instance_id: str, query: str, documents: list[str], truncate: bool

@@ -70,8 +70,9 @@ class Embedder:
             lc.llama_free(self._own)
             self._own = None
 
-    def tokens(self, item: EmbedInput, truncate: bool) -> list[int]:
+    def tokens(self, item: EmbedInput, truncate: bool, num_ctx: int = 0) -> list[int]:
         nm = self.nm
+        limit = min(self.limit, num_ctx) if num_ctx > 0 else self.limit
         if item.tokens:
             toks = list(item.tokens)
             if any(t < 0 or t >= nm.n_vocab for t in toks):
@@ -80,24 +81,26 @@ class Embedder:
             toks = nm.tokenize(item.text, True, False)
         if not toks:
             raise _err(common_pb2.ERROR_REASON_INVALID_ARGUMENT, "cannot embed an empty input")
-        if len(toks) <= self.limit:
+        if len(toks) <= limit:
             return toks
         if not truncate:
             raise _err(common_pb2.ERROR_REASON_PROMPT_TOO_LONG, INPUT_TOO_LONG)
         if item.tokens:
-            return toks[: self.limit]
+            return toks[:limit]
         # Cut the text's own tokens and keep the model's BOS/CLS and EOS/SEP around them.
-        body = nm.tokenize(item.text, False, False)[: self.limit - len(self._prefix) - len(self._suffix)]
+        body = nm.tokenize(item.text, False, False)[: limit - len(self._prefix) - len(self._suffix)]
         return self._prefix + body + self._suffix
 
-    def run(self, inputs: list[EmbedInput], truncate: bool, normalize: bool) -> tuple[list[list[float]], int]:
+    def run(
+        self, inputs: list[EmbedInput], truncate: bool, normalize: bool, num_ctx: int = 0
+    ) -> tuple[list[list[float]], int]:
         """Vectors in input order and the number of tokens evaluated."""
         if self.is_rank:
             raise _err(
                 common_pb2.ERROR_REASON_INVALID_ARGUMENT,
                 "this model is a reranker (rank pooling) and does not produce embeddings; use /api/rerank",
             )
-        all_toks = [self.tokens(item, truncate) for item in inputs]
+        all_toks = [self.tokens(item, truncate, num_ctx) for item in inputs]
         vectors = self.pooled(all_toks)
         if normalize:
             vectors = [v / (float(np.linalg.norm(v)) or 1.0) for v in vectors]
@@ -158,8 +161,11 @@ def embedder(nm: NativeModel) -> Embedder:
     return nm.embedder
 
 
-def embed(nm: NativeModel, inputs: list[EmbedInput], truncate: bool, normalize: bool) -> tuple[list[list[float]], int]:
-    """Runs on the owner thread (Instance.call)."""
+def embed(
+    nm: NativeModel, inputs: list[EmbedInput], truncate: bool, normalize: bool, num_ctx: int = 0
+) -> tuple[list[list[float]], int]:
+    """Runs on the owner thread (Instance.call). `num_ctx`: the request's context, when
+    shorter than the instance's (the lease's context_length)."""
     if not inputs:
         return [], 0
-    return embedder(nm).run(inputs, truncate, normalize)
+    return embedder(nm).run(inputs, truncate, normalize, num_ctx)

@@ -51,6 +51,7 @@ class GenerateSpec:
     top_logprobs: int = 0  # clamped to 0-20; > 0 implies logprobs
     truncate: bool = False  # cut a too-long prompt (keeping num_keep) instead of refusing it
     shift: bool = True  # when the context fills: shift it (True) or stop with LENGTH
+    num_ctx: int = 0  # this sequence's context; 0 or more than the instance's = the instance's
     request_id: str = ""
 
 

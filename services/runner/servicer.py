@@ -107,6 +107,7 @@ def generate_spec(req: runner_pb2.GenerateRequest) -> GenerateSpec:
         top_logprobs=req.top_logprobs,
         truncate=req.truncate,
         shift=not req.no_shift,
+        num_ctx=req.num_ctx,
         request_id=req.request_id,
         constraint=constraint(req.constraint) if req.HasField("constraint") else None,
         thinking=thinking(req.thinking) if req.HasField("thinking") else None,
@@ -225,7 +226,9 @@ class RunnerServicer(runner_pb2_grpc.RunnerServiceServicer):
             EmbedInput(tokens=tuple(i.tokens.ids)) if i.WhichOneof("input") == "tokens" else EmbedInput(text=i.text)
             for i in request.inputs
         ]
-        vectors, count = await self.runner.embed(request.instance_id, inputs, request.truncate, request.normalize)
+        vectors, count = await self.runner.embed(
+            request.instance_id, inputs, request.truncate, request.normalize, request.num_ctx
+        )
         return runner_pb2.EmbedResponse(
             embeddings=[runner_pb2.Embedding(values=v) for v in vectors], prompt_eval_count=count
         )

@@ -238,7 +238,7 @@ class Scheduler:
                     key = self.load_key(spec, opts)
                     action = self._decide(spec, key, keep_alive)
                     if isinstance(action, _Grant):
-                        return self._grant(action.instance, keep_alive, load_ns)
+                        return self._grant(action.instance, key, keep_alive, load_ns)
                     if action is None:
                         if self._work_in_progress():
                             started = time.monotonic()  # queued behind running work: not a failed load
@@ -277,16 +277,17 @@ class Scheduler:
         self, spec: scheduler_pb2.ModelSpec, key: LoadKey, keep_alive: float | None
     ) -> _Grant | _Load | _Unload | None:
         """One step towards a lease. None means wait for a state change. Caller holds the lock."""
-        same = [i for i in self.inv.for_key(key) if i.state is not State.EXPIRING]
+        same = [i for i in self.inv.covering(key) if i.state is not State.EXPIRING]
         if same:
             ready = [i for i in same if i.state is State.READY and i.leases < i.key.num_parallel]
-            return _Grant(min(ready, key=lambda i: i.leases)) if ready else None
+            # The shortest context that covers the request, then the least busy.
+            return _Grant(min(ready, key=lambda i: (i.key.num_ctx, i.leases))) if ready else None
         # The same model (weights, adapters, draft) loaded with other options is stale; another
         # model sharing the weights with other adapters or another draft model is not.
         stale = [
             i
             for i in self.inv.for_model(key.model_digest)
-            if (i.key.adapters, i.key.draft) == (key.adapters, key.draft) and i.key != key
+            if (i.key.adapters, i.key.draft) == (key.adapters, key.draft) and not i.key.covers(key)
         ]
         for inst in stale:  # load options changed: reload once the old instance is idle
             inst.state = State.EXPIRING
@@ -337,7 +338,7 @@ class Scheduler:
         )
         return _Load(inst, self.inv.runners[decision.runner_id])
 
-    def _grant(self, inst: Instance, keep_alive: float | None, load_ns: int) -> Lease:
+    def _grant(self, inst: Instance, key: LoadKey, keep_alive: float | None, load_ns: int) -> Lease:
         inst.leases += 1
         inst.idle_since = 0.0
         inst.last_used = self.clock.monotonic()
@@ -347,7 +348,9 @@ class Scheduler:
         if timer:
             timer.cancel()
         inst.expires_at = math.inf
-        lease = Lease(uuid.uuid4().hex, self.inv.runners[inst.runner_id].address, inst.id, load_ns, inst.context_length)
+        # The request's own context, which may be shorter than the instance's (LoadKey.covers).
+        context = min(key.num_ctx, inst.context_length or key.num_ctx)
+        lease = Lease(uuid.uuid4().hex, self.inv.runners[inst.runner_id].address, inst.id, load_ns, context)
         self._leases[lease.id] = inst.id
         return lease
 

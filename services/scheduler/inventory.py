@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from corral.v1 import common_pb2, scheduler_pb2
 
@@ -108,6 +108,13 @@ class LoadKey:
     draft: tuple[str, str, int] | None = None  # the draft model: (digest, path on the store's host, size)
     draft_num_predict: int = 0  # 0 = the runner's default
 
+    def covers(self, wanted: LoadKey) -> bool:
+        """An instance loaded with this key can serve a request for `wanted`: the same in
+        everything but a context at least as long (the runner then holds the request to its
+        own num_ctx). Ollama reloads on any num_ctx change, which makes clients that differ
+        in num_ctx (or grow it as a chat grows) reload the model on every request."""
+        return self.num_ctx >= wanted.num_ctx and replace(self, num_ctx=wanted.num_ctx) == wanted
+
 
 @dataclass
 class Instance:
@@ -157,8 +164,9 @@ class Inventory:
     def on_runner(self, runner_id: str) -> list[Instance]:
         return [i for i in self.instances.values() if i.runner_id == runner_id]
 
-    def for_key(self, key: LoadKey) -> list[Instance]:
-        return [i for i in self.instances.values() if i.key == key]
+    def covering(self, key: LoadKey) -> list[Instance]:
+        """Instances that can serve a request for `key` (LoadKey.covers)."""
+        return [i for i in self.instances.values() if i.key.covers(key)]
 
     def for_model(self, model_digest: str) -> list[Instance]:
         return [i for i in self.instances.values() if i.key.model_digest == model_digest]

@@ -68,10 +68,19 @@ def test_load_reuse_reload_and_ps(one_model_stack: Stack) -> None:
     assert entry["size"] > 250_000_000 and entry["size_vram"] == 0
     assert entry["details"]["family"] == "gemma3" and len(entry["digest"]) == 64
     assert entry["expires_at"].endswith("Z")
-    # A changed load option reloads the model with it.
-    gen(s, "first", options={**OPTS, "num_ctx": 2048})
+    # A longer context reloads the model with it.
+    longer = gen(s, "first", options={**OPTS, "num_ctx": 2048}).json()
+    assert longer["load_duration"] > again["load_duration"] * 10
     [entry] = ps(s)
     assert entry["context_length"] == 2048
+    # A shorter one (unlike in Ollama) does not: the request is held to its own num_ctx.
+    prompt = "The quick brown fox jumps over the lazy dog. " * 150  # about 1,500 tokens
+    shorter = gen(s, "first", prompt=prompt).json()
+    assert 0 < shorter["load_duration"] < longer["load_duration"] / 10
+    assert 512 <= shorter["prompt_eval_count"] < 1024  # truncated as at 1024: about half stays free
+    assert [e["context_length"] for e in ps(s)] == [2048]
+    full = gen(s, "first", prompt=prompt, options={**OPTS, "num_ctx": 2048}).json()
+    assert full["prompt_eval_count"] > 1024 and full["load_duration"] < longer["load_duration"] / 10
 
 
 def test_max_loaded_models_evicts_the_idle_model(one_model_stack: Stack) -> None:

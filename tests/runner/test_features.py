@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -158,6 +159,41 @@ async def test_truncate_keeps_num_keep_and_the_newest_tokens(inst: Instance) -> 
     assert s is not None and s.eval_count == 2
     # Ollama's limit: num_ctx - max((num_ctx - keep) / 2, 1) with keep = num_keep + BOS.
     assert s.prompt_eval_count + s.prompt_cached_count == 512 - (512 - 5) // 2
+
+
+async def test_a_shorter_request_context_behaves_as_an_instance_of_that_context(
+    inst: Instance, gemma_path: Path
+) -> None:
+    """The scheduler leases an instance loaded with a longer context to a request for a
+    shorter one (LoadKey.covers): the sequence is then held to the request's num_ctx, as if
+    the model had been loaded with it."""
+    small = Instance("features-small", LoadSpec(str(gemma_path), num_ctx=96, num_parallel=1))
+    await small.start()
+    try:
+        until_full = SamplingParams(temperature=0, num_predict=-1)
+        story = GenerateSpec(prompt=turn("Write a long story about a lighthouse."), add_bos=True, params=until_full)
+        held = await collect(inst.generate(replace(story, num_ctx=96)))
+        fresh = await collect(small.generate(story))
+        for r in (held, fresh):
+            assert r.last.done_reason == common_pb2.DONE_REASON_LENGTH
+            assert r.last.stats is not None
+            prompt = r.last.stats.prompt_eval_count + r.last.stats.prompt_cached_count
+            assert prompt + r.last.stats.eval_count == 96 + 1  # the last token is sampled, not decoded
+        assert held.token_ids == fresh.token_ids
+        long = GenerateSpec(prompt_tokens=(2,) + (9259,) * 150, params=SamplingParams(num_predict=1, num_keep=4))
+        with pytest.raises(CorralError) as exc:
+            await collect(inst.generate(replace(long, num_ctx=96)))
+        assert exc.value.reason == common_pb2.ERROR_REASON_PROMPT_TOO_LONG
+        cut = await collect(inst.generate(replace(long, num_ctx=96, truncate=True)))
+        s = cut.last.stats
+        assert s is not None and s.prompt_eval_count + s.prompt_cached_count == 96 - (96 - 5) // 2
+        words = EmbedInput(text="word " * 200)
+        with pytest.raises(CorralError):
+            await inst.call(lambda nm: embed(nm, [words], False, True, num_ctx=96))
+        _, n = await inst.call(lambda nm: embed(nm, [words], True, True, num_ctx=96))
+        assert n == 96
+    finally:
+        await small.stop()
 
 
 async def test_decode_retries_with_half_the_batch(inst: Instance) -> None:

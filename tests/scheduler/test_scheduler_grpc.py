@@ -98,12 +98,34 @@ async def test_load_then_reuse(stack: Stack) -> None:
 
 async def test_changed_load_options_reload(stack: Stack) -> None:
     runner = await stack.runner(cpu_device())
-    a = await stack.stub.AcquireModel(acquire_req(num_ctx=2048))
+    a = await stack.stub.AcquireModel(acquire_req(num_batch=256))
     await stack.stub.ReleaseModel(scheduler_pb2.ReleaseModelRequest(lease_id=a.lease_id))
-    b = await stack.stub.AcquireModel(acquire_req(num_ctx=1024))
+    b = await stack.stub.AcquireModel(acquire_req(num_batch=128))
     assert b.instance_id != a.instance_id
     assert runner.unloads == [a.instance_id]
-    assert [r.options.num_ctx for r in runner.loads] == [2048, 1024]
+    assert [r.options.num_batch for r in runner.loads] == [256, 128]
+
+
+async def test_a_longer_loaded_context_serves_shorter_ones(stack: Stack) -> None:
+    """Unlike Ollama, a request for a shorter num_ctx (or none) does not reload the model;
+    its lease carries its own context for the runner to hold it to. A longer one reloads,
+    and the longer instance then serves the shorter requests too."""
+    runner = await stack.runner(cpu_device())
+    a = await stack.stub.AcquireModel(acquire_req(num_ctx=2048))
+    assert a.context_length == 2048
+    await stack.stub.ReleaseModel(scheduler_pb2.ReleaseModelRequest(lease_id=a.lease_id))
+    b = await stack.stub.AcquireModel(acquire_req(num_ctx=1024))
+    assert (b.instance_id, b.context_length, b.load_duration_ns) == (a.instance_id, 1024, 0)
+    await stack.stub.ReleaseModel(scheduler_pb2.ReleaseModelRequest(lease_id=b.lease_id))
+    c = await stack.stub.AcquireModel(acquire_req(num_ctx=8192))
+    assert c.instance_id != a.instance_id and c.context_length == 8192
+    assert runner.unloads == [a.instance_id]
+    await stack.stub.ReleaseModel(scheduler_pb2.ReleaseModelRequest(lease_id=c.lease_id))
+    d = await stack.stub.AcquireModel(acquire_req())  # no num_ctx: the CPU default, 4096
+    assert (d.instance_id, d.context_length) == (c.instance_id, 4096)
+    assert [r.options.num_ctx for r in runner.loads] == [2048, 8192]
+    ps = await stack.stub.ListLoadedModels(scheduler_pb2.ListLoadedModelsRequest())
+    assert [m.context_length for m in ps.models] == [8192]
 
 
 async def test_keep_alive_zero_unloads_after_release(stack: Stack) -> None:
