@@ -398,12 +398,12 @@ class Batcher:
             k = self._draft_k(seq, min(outputs, self.nm.n_batch - len(busy) - n))
             rows = generating + extra  # output rows of the step if this one drafts nothing
             if self.drafter is not None:
-                k = self._worth(seq, rows, k)
+                k = seq.draft_len.worth(self.step_costs, rows, k)
                 if k > 0:
                     wanted[slot.id] = ([*slot.cached, seq.pending], k)
             else:
                 draft = seq.ngrams.draft(k) if k > 0 and seq.ngrams is not None else []
-                out[slot.id] = draft[: self._worth(seq, rows, len(draft))]
+                out[slot.id] = draft[: seq.draft_len.worth(self.step_costs, rows, len(draft))]
                 k = len(out[slot.id])
             outputs -= k
             extra += k
@@ -411,17 +411,6 @@ class Batcher:
         if wanted and self.drafter is not None:
             out.update(self.drafter.propose_many(wanted))
         return out
-
-    def _worth(self, seq: Seq, rows: int, k: int) -> int:
-        """How much of a k-token draft is worth its rows in a step of `rows` output rows,
-        given the share of the sequence's drafted tokens accepted so far."""
-        if k <= 0:
-            return 0
-        d = seq.draft_len
-        best = self.step_costs.best_extra(rows, k, (d.accepted + 1) / (d.proposed + 2))
-        if best == 0:
-            d.too_short()
-        return best
 
     def _draft_k(self, seq: Seq, room: int) -> int:
         """How many tokens a sequence may draft this step (0: none)."""

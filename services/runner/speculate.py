@@ -8,10 +8,15 @@ sampler agrees with. Work per token is O(1): the index is updated as tokens arri
 
 from __future__ import annotations
 
-NGRAM_SIZES = (3, 2)  # longest first; a 1-gram match is mostly noise
+# Longest first. A match of 3 tokens or fewer is mostly chance: in an edit workload (Gemma 3
+# 270M, bench/speculative.py's tasks) it proposed drafts of which nothing was accepted, and
+# on free text it cost more rows than it saved. Replaying recorded greedy outputs through
+# the policy with measured step costs: (3, 2) 1.50x at 200 tokens, (4,) 1.72x, (8, 6, 4)
+# 1.83x; on free text 0.96x over the first 60 tokens against 1.01x (docs/performance.md).
+NGRAM_SIZES = (8, 6, 4)
 MAX_DRAFT = 16  # tokens proposed per step at most
 MIN_DRAFT = 1
-MISS_PAUSE = 4  # steps without drafting after a draft of which nothing was accepted
+MISS_PAUSE = 1  # steps without drafting after a draft of which nothing was accepted
 
 
 class NgramIndex:
@@ -63,6 +68,16 @@ class DraftLength:
             self.pause -= 1
             return 0
         return self.k
+
+    def worth(self, costs: StepCosts, rows: int, k: int) -> int:
+        """How much of a k-token draft is worth its rows in a step of `rows` output rows,
+        given the share of this sequence's drafted tokens accepted so far."""
+        if k <= 0:
+            return 0
+        best = costs.best_extra(rows, k, (self.accepted + 1) / (self.proposed + 2))
+        if best == 0:
+            self.too_short()
+        return best
 
     def too_short(self) -> None:
         """This step drafted nothing: k tokens were not worth their rows. One more next time,

@@ -10,7 +10,7 @@ from services.runner.speculate import MAX_DRAFT, MISS_PAUSE, DraftLength, NgramI
 
 
 def test_draft_continues_the_newest_earlier_occurrence() -> None:
-    idx = NgramIndex()
+    idx = NgramIndex((3, 2))
     idx.extend([1, 2, 3, 4, 5, 9, 1, 2, 3, 7, 8, 1, 2, 3])
     assert idx.draft(2) == [7, 8]  # the newest earlier "1 2 3" was followed by 7 8
     assert idx.draft(10) == [7, 8, 1, 2, 3]  # up to the end of the history
@@ -18,19 +18,31 @@ def test_draft_continues_the_newest_earlier_occurrence() -> None:
 
 
 def test_longest_ngram_wins_and_short_matches_fall_back() -> None:
-    idx = NgramIndex()
+    idx = NgramIndex((3, 2))
     idx.extend([5, 6, 10, 4, 6, 20, 5, 6])
     assert idx.draft(1) == [10]  # "5 6" matches as a 2-gram (no earlier 3-gram)
-    idx = NgramIndex()
+    idx = NgramIndex((3, 2))
     idx.extend([4, 5, 6, 10, 9, 5, 6, 20, 4, 5, 6])
     assert idx.draft(1) == [10]  # the 3-gram "4 5 6" beats the newer 2-gram "5 6" -> 20
 
 
+def test_by_default_a_match_needs_four_tokens_and_the_longest_wins() -> None:
+    idx = NgramIndex()
+    idx.extend([1, 2, 3, 10, 9, 1, 2, 3])
+    assert idx.draft(4) == []  # a 3-token match is chance
+    idx.extend([11, 1, 2, 3, 11])
+    assert idx.draft(2) == [1, 2]  # "2 3 11" ... "1 2 3 11" was followed by 1 2
+    history = [7, 1, 2, 3, 4, 5, 6, 7, 8, 40, 0, 5, 6, 7, 8, 50, 0, 1, 2, 3, 4, 5, 6, 7, 8]
+    idx = NgramIndex()
+    idx.extend(history)
+    assert idx.draft(1) == [40]  # the 8-gram match beats the newer 4-gram "5 6 7 8" -> 50
+
+
 def test_no_match_and_no_self_match() -> None:
     idx = NgramIndex()
-    idx.extend([1, 2, 3])
+    idx.extend([1, 2, 3, 4])
     assert idx.draft(4) == []  # the suffix itself is not an earlier occurrence
-    idx.extend([4])
+    idx.extend([5])
     assert idx.draft(4) == []
 
 
