@@ -76,6 +76,9 @@ def serve(
             time.sleep(0.3)
         yield url
     finally:
+        if proc.poll() is not None:  # it died under the benchmark: say why
+            tail = log.read_text(errors="replace")[-3000:]
+            print(f"llama-server exited with {proc.returncode}:\n{tail}", file=sys.stderr)
         proc.terminate()
         try:
             proc.wait(10)

@@ -8,7 +8,9 @@ the machine hits both alike:
   (b) aggregate decode tok/s at 1/4/8/16 concurrent streams (8 slots on both; 16 queues half),
   (c) median time to first token at each level,
   (d) JSON-schema constrained decode vs unconstrained decode (single stream),
-  (e) p95 inter-token gap of 4 running streams while a 1,500-token prompt is admitted.
+  (e) p95 inter-token gap of 4 running streams while a 1,500-token prompt is admitted,
+  (f) median time to first token of a 1,500-token prompt with nothing else running (each
+      round's prompt starts differently, so no prompt cache serves it).
 (a) single-stream REST vs direct llama-cpp-python is bench/decode.py. Not a test: no assertions.
 """
 
@@ -21,9 +23,10 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import psutil
@@ -34,6 +37,8 @@ from bench import llama_server
 from tests.assets import gemma_path
 from tests.stack import create_model, free_port, start_stack, stop_stack
 
+T = TypeVar("T")
+NAN = float("nan")
 NUM_CTX = 2048  # per sequence, both systems
 PARALLEL = 8
 TOPICS = ["a lighthouse", "a dragon", "the sea", "a robot", "a city", "a forest", "a ship", "a castle"]
@@ -166,6 +171,12 @@ async def admission(sys_: System, client: httpx.AsyncClient, long_prompt: str) -
     return p95, (gaps[-1] if gaps else float("nan")), t_end - t_submit
 
 
+async def alone(sys_: System, client: httpx.AsyncClient, long_prompt: str, r: int) -> float:
+    """TTFT in seconds of the long prompt with nothing else running; its opening names the
+    round and the system, so that no prompt cache holds any of it."""
+    return (await sys_.generate(client, f"Round {r} on {sys_.name}. " + long_prompt, 1)).ttft
+
+
 async def long_prompt_text(url: str | None) -> str:
     """About 1,500 tokens of plain prose (counted with llama-server's tokenizer when it runs)."""
     sentence = "The keeper climbed the stairs of the old lighthouse and watched the grey sea below. "
@@ -177,6 +188,16 @@ async def long_prompt_text(url: str | None) -> str:
     return text
 
 
+async def guarded(sys_: System, measure: Awaitable[T], failed: T) -> T:
+    """The measure, or `failed` (NaNs) when the system dropped a request: one failure
+    (llama-server has dropped JSON-schema requests) does not end the whole run."""
+    try:
+        return await measure
+    except (httpx.HTTPError, RuntimeError) as exc:
+        print(f"{sys_.name:12s} request failed: {exc!r}", flush=True)
+        return failed
+
+
 async def run(systems: list[System], levels: list[int], tokens: int, rounds: int, llama_url: str | None) -> None:
     results: dict[str, dict[str, Any]] = {s.name: {} for s in systems}
     long_prompt = await long_prompt_text(llama_url)
@@ -185,14 +206,19 @@ async def run(systems: list[System], levels: list[int], tokens: int, rounds: int
             await s.generate(client, story(0), 4)
         for n in levels:
             for s in systems:
-                results[s.name][f"agg{n}"] = await level(s, client, n, tokens)
+                results[s.name][f"agg{n}"] = await guarded(s, level(s, client, n, tokens), (NAN, NAN))
                 print(f"{s.name:12s} {n:2d} streams: {results[s.name][f'agg{n}'][0]:7.2f} tok/s", flush=True)
         for s in systems:
-            results[s.name]["json"] = await constrained(s, client, rounds)
+            results[s.name]["json"] = await guarded(s, constrained(s, client, rounds), (NAN, NAN))
             print(f"{s.name:12s} json: {results[s.name]['json']}", flush=True)
         for s in systems:
-            results[s.name]["admit"] = await admission(s, client, long_prompt)
+            results[s.name]["admit"] = await guarded(s, admission(s, client, long_prompt), (NAN, NAN, NAN))
             print(f"{s.name:12s} admission: {results[s.name]['admit']}", flush=True)
+        for r in range(rounds):  # the systems take turns
+            for s in systems:
+                ttft = await guarded(s, alone(s, client, long_prompt, r), NAN)
+                results[s.name].setdefault("alone", []).append(ttft)
+                print(f"{s.name:12s} long prompt alone: {results[s.name]['alone'][-1]:.2f} s", flush=True)
     print()
     names = [s.name for s in systems]
     print("| metric | " + " | ".join(names) + " |")
@@ -215,6 +241,8 @@ async def run(systems: list[System], levels: list[int], tokens: int, rounds: int
     for x in names:
         p95, worst, ttft = results[x]["admit"]
         print(f"| (e) {x}: p95 / max inter-token gap, long-prompt TTFT (s) | {p95:.3f} / {worst:.3f}, {ttft:.2f} |")
+    alone_s = " | ".join(f"{statistics.median(results[x]['alone']):.2f}" for x in names)
+    print(f"| (f) median TTFT of the 1,500-token prompt alone (s) | {alone_s} |")
     if levels[0] == 1 and len(levels) > 1:
         for x in names:
             base = results[x]["agg1"][0]

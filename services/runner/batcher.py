@@ -209,6 +209,22 @@ class Batcher:
             seq.ngrams = NgramIndex()
             seq.ngrams.extend(job.tokens)
         slot.seq = seq
+        self._park_idle()
+
+    def _park_idle(self) -> None:
+        """Moves the KV of idle slots to the host cache and out of a unified KV cache, as
+        llama-server does (--cache-idle-slots). Attention spans every cell up to the highest
+        one in use, whichever sequence owns it, so KV left behind by finished requests slows
+        every later step: a 1,500-token prompt took 2.7 s instead of 1.8 s after a few
+        streams had finished (bench/runner.py, (f)). A parked prefix comes back from the
+        cache when a request extends it. Not with one stream per sequence (batch-invariant
+        kernels), whose attention spans its own cells only, nor without a host cache."""
+        if self.cache is None or self.nm.batch_invariant:
+            return
+        donors = {s.seq.follow[0].id for s in self.slots if s.seq is not None and s.seq.follow is not None}
+        for slot in self.slots:
+            if slot.seq is None and slot.cached and slot.id not in donors:
+                self._evict(slot, 0)
 
     # --- prefix sharing ---
 
