@@ -46,6 +46,11 @@ PREDICT_FACTOR = 10  # unset num_predict is bounded to 10 x num_ctx
 TARGET_STEP_S = 0.2
 MIN_CHUNK = 16
 MIN_SHARE = 16  # a shared prefix shorter than this is re-evaluated rather than copied
+# Idle KV is parked in the host cache only from this many cells on: a snapshot costs a few
+# milliseconds (tens with a transposed V cache, flash attention off), and attention runs
+# over cells in blocks of 256, so a few hundred idle cells cost the running steps less than
+# saving them does (8 streams of 64 tokens, all ending together: parking every time cost 5 %).
+PARK_MIN_CELLS = 1024
 
 
 @dataclass
@@ -170,9 +175,19 @@ class Batcher:
             if not free:
                 return
             job = self.waiting.popleft()
-            # Longest common prefix wins; among equals, the least recently used slot.
-            slot = max(free, key=lambda s: (common_prefix(s.cached, job.tokens), -s.last_used))
+            # The longest usable common prefix wins; without one an empty slot, then the least
+            # recently used.
+            slot = max(free, key=lambda s: (self._own_prefix(s, job.tokens), not s.cached, -s.last_used))
             self._start(slot, job)
+
+    @staticmethod
+    def _own_prefix(slot: Slot, toks: list[int]) -> int:
+        """How much of a slot's cached KV a prompt may keep: a short match (a BOS, a role
+        marker) is evaluated again instead, so that the sequence does not keep a cell where
+        the slot's old KV was, possibly high in a unified cache, where it would widen every
+        step's attention (llama.cpp attends over all cells up to the highest one in use)."""
+        n = common_prefix(slot.cached, toks)
+        return n if n >= MIN_SHARE else 0
 
     def _start(self, slot: Slot, job: Job) -> None:
         grammar = None
@@ -212,19 +227,25 @@ class Batcher:
         self._park_idle()
 
     def _park_idle(self) -> None:
-        """Moves the KV of idle slots to the host cache and out of a unified KV cache, as
-        llama-server does (--cache-idle-slots). Attention spans every cell up to the highest
-        one in use, whichever sequence owns it, so KV left behind by finished requests slows
-        every later step: a 1,500-token prompt took 2.7 s instead of 1.8 s after a few
-        streams had finished (bench/runner.py, (f)). A parked prefix comes back from the
-        cache when a request extends it. Not with one stream per sequence (batch-invariant
-        kernels), whose attention spans its own cells only, nor without a host cache."""
+        """Moves the KV of idle slots to the host cache and out of a unified KV cache when a
+        sequence starts, as llama-server's --cache-idle-slots does. Attention spans every
+        cell up to the highest one in use, whichever sequence owns it, so KV left behind by
+        finished requests slows every later step: a 1,500-token prompt took 2.7 s instead of
+        1.8 s after a few streams had finished, and one stream decoded at 60 instead of 98
+        tok/s next to 7 idle slots of 900 tokens (Gemma 3 270M). A parked prefix comes back
+        from the cache when a request extends it. Only from PARK_MIN_CELLS idle cells on;
+        not with one KV stream per sequence (batch-invariant kernels), whose attention spans
+        its own cells only, nor without a host cache. Parking also when a sequence ends
+        while others run was tried: the single stream above then decoded at 80 tok/s, not
+        98 (the others' prompts were still being evaluated into the cells it freed)."""
         if self.cache is None or self.nm.batch_invariant:
             return
         donors = {s.seq.follow[0].id for s in self.slots if s.seq is not None and s.seq.follow is not None}
-        for slot in self.slots:
-            if slot.seq is None and slot.cached and slot.id not in donors:
-                self._evict(slot, 0)
+        idle = [s for s in self.slots if s.seq is None and s.cached and s.id not in donors]
+        if sum(len(s.cached) for s in idle) < PARK_MIN_CELLS:
+            return
+        for slot in idle:
+            self._evict(slot, 0)
 
     # --- prefix sharing ---
 
@@ -240,7 +261,7 @@ class Batcher:
         Returns the tokens kept, and a sequence still evaluating a longer shared prefix to
         wait for. At least the last prompt token is always evaluated (its logits)."""
         nm, limit = self.nm, len(toks) - 1
-        own = min(common_prefix(slot.cached, toks), limit)
+        own = min(self._own_prefix(slot, toks), limit)
         if own > 0 and not self._window_ok(slot.id, own):
             own = 0
         best, donor = own, None

@@ -161,15 +161,20 @@ async def test_truncate_keeps_num_keep_and_the_newest_tokens(inst: Instance) -> 
     assert s.prompt_eval_count + s.prompt_cached_count == 512 - (512 - 5) // 2
 
 
-async def test_a_shorter_request_context_behaves_as_an_instance_of_that_context(
-    inst: Instance, gemma_path: Path
-) -> None:
+async def test_a_shorter_request_context_behaves_as_an_instance_of_that_context(gemma_path: Path) -> None:
     """The scheduler leases an instance loaded with a longer context to a request for a
     shorter one (LoadKey.covers): the sequence is then held to the request's num_ctx, as if
-    the model had been loaded with it."""
-    small = Instance("features-small", LoadSpec(str(gemma_path), num_ctx=96, num_parallel=1))
+    the model had been loaded with it. Batch-invariant kernels (flash attention over a q8_0
+    cache), so that the two contexts' different batch and cache sizes round alike."""
+
+    def spec(num_ctx: int) -> LoadSpec:
+        return LoadSpec(str(gemma_path), num_ctx=num_ctx, flash_attention=True, kv_cache_type="q8_0")
+
+    inst, small = Instance("features-large", spec(512)), Instance("features-small", spec(96))
+    await inst.start()
     await small.start()
     try:
+        assert inst.batcher is not None and inst.batcher.nm.batch_invariant
         until_full = SamplingParams(temperature=0, num_predict=-1)
         story = GenerateSpec(prompt=turn("Write a long story about a lighthouse."), add_bos=True, params=until_full)
         held = await collect(inst.generate(replace(story, num_ctx=96)))
@@ -194,6 +199,7 @@ async def test_a_shorter_request_context_behaves_as_an_instance_of_that_context(
         assert n == 96
     finally:
         await small.stop()
+        await inst.stop()
 
 
 async def test_decode_retries_with_half_the_batch(inst: Instance) -> None:
