@@ -183,11 +183,12 @@ class Batcher:
     @staticmethod
     def _own_prefix(slot: Slot, toks: list[int]) -> int:
         """How much of a slot's cached KV a prompt may keep: a short match (a BOS, a role
-        marker) is evaluated again instead, so that the sequence does not keep a cell where
-        the slot's old KV was, possibly high in a unified cache, where it would widen every
-        step's attention (llama.cpp attends over all cells up to the highest one in use)."""
+        marker) of a different prompt is evaluated again instead, so that the sequence does
+        not keep a cell where the slot's old KV was, possibly high in a unified cache, where
+        it would widen every step's attention (llama.cpp attends over all cells up to the
+        highest one in use). A short prompt sent again keeps its KV."""
         n = common_prefix(slot.cached, toks)
-        return n if n >= MIN_SHARE else 0
+        return n if n >= MIN_SHARE or n >= len(toks) - 1 else 0
 
     def _start(self, slot: Slot, job: Job) -> None:
         grammar = None
