@@ -10,9 +10,9 @@ from __future__ import annotations
 
 # Longest first. A match of 3 tokens or fewer is mostly chance: in an edit workload (Gemma 3
 # 270M, bench/speculative.py's tasks) it proposed drafts of which nothing was accepted, and
-# on free text it cost more rows than it saved. Replaying recorded greedy outputs through
-# the policy with measured step costs: (3, 2) 1.50x at 200 tokens, (4,) 1.72x, (8, 6, 4)
-# 1.83x; on free text 0.96x over the first 60 tokens against 1.01x (docs/performance.md).
+# on free text it cost more rows than it saved. bench/draft_policy.py (recorded greedy
+# answers replayed with measured step costs), edits of 200 tokens: (3, 2) 1.47x, (4,) 1.74x,
+# (8, 6, 4) 1.98x; free text, first 60 tokens: 0.97x against 1.02x (docs/performance.md).
 NGRAM_SIZES = (8, 6, 4)
 MAX_DRAFT = 16  # tokens proposed per step at most
 MIN_DRAFT = 1
