@@ -259,6 +259,14 @@ class Scheduler:
         finally:
             self._pending -= 1
 
+    @staticmethod
+    def _serves(inst: Instance, spec: scheduler_pb2.ModelSpec, key: LoadKey) -> bool:
+        """The instance can take a request for `key`: loaded with exactly its options, or, for
+        the same model (manifest), with a longer context (LoadKey.covers). Another model on
+        the same weights (a copy, a Modelfile on top) gets a longer-context instance of its
+        own, as before: /api/ps and `stop` find an instance by its model's name."""
+        return inst.key == key or (inst.spec.manifest_digest == spec.manifest_digest and inst.key.covers(key))
+
     def _work_in_progress(self) -> bool:
         """Some instance holds leases, so a slot or memory will free up. Waiting for that is
         queueing, which only CORRAL_MAX_QUEUE bounds, as in Ollama; the load timeout is for a
@@ -277,7 +285,7 @@ class Scheduler:
         self, spec: scheduler_pb2.ModelSpec, key: LoadKey, keep_alive: float | None
     ) -> _Grant | _Load | _Unload | None:
         """One step towards a lease. None means wait for a state change. Caller holds the lock."""
-        same = [i for i in self.inv.covering(key) if i.state is not State.EXPIRING]
+        same = [i for i in self.inv.covering(key) if i.state is not State.EXPIRING and self._serves(i, spec, key)]
         if same:
             ready = [i for i in same if i.state is State.READY and i.leases < i.key.num_parallel]
             # The shortest context that covers the request, then the least busy.
@@ -287,7 +295,7 @@ class Scheduler:
         stale = [
             i
             for i in self.inv.for_model(key.model_digest)
-            if (i.key.adapters, i.key.draft) == (key.adapters, key.draft) and not i.key.covers(key)
+            if (i.key.adapters, i.key.draft) == (key.adapters, key.draft) and not self._serves(i, spec, key)
         ]
         for inst in stale:  # load options changed: reload once the old instance is idle
             inst.state = State.EXPIRING

@@ -272,12 +272,13 @@ def test_models_page_pulls_with_a_progress_bar_copies_and_deletes(
 
 
 def test_running_models_view_lists_and_unloads(tab: Tab, stack: Stack, gemma: str) -> None:
-    body = {"model": gemma, "prompt": "", "options": {"num_ctx": 1024}, "stream": False}
+    # Longer than any context loaded before (a loaded longer one would serve a shorter request).
+    body = {"model": gemma, "prompt": "", "options": {"num_ctx": 6144}, "stream": False}
     assert httpx.post(stack.url + "/api/generate", json=body, timeout=120).status_code == 200
     page = tab.open("#running")
     row = f"#ps-table tr[data-model='{gemma}:latest']"
     page.wait_for_selector(row)
-    assert "1024" in page.inner_text(row)
+    assert "6144" in page.inner_text(row)
     tab.shot("running")
     page.click(f"{row} button")
     page.click("#refresh-ps")

@@ -126,6 +126,13 @@ async def test_a_longer_loaded_context_serves_shorter_ones(stack: Stack) -> None
     assert [r.options.num_ctx for r in runner.loads] == [2048, 8192]
     ps = await stack.stub.ListLoadedModels(scheduler_pb2.ListLoadedModelsRequest())
     assert [m.context_length for m in ps.models] == [8192]
+    await stack.stub.ReleaseModel(scheduler_pb2.ReleaseModelRequest(lease_id=d.lease_id))
+    # Another model on the same weights (a copy) is not served by it: /api/ps and `stop`
+    # find an instance by its model's name.
+    copy = acquire_req(num_ctx=1024)
+    copy.model.name, copy.model.manifest_digest = "m1-copy:latest", "sha256:m1-copy-manifest"
+    e = await stack.stub.AcquireModel(copy)
+    assert e.instance_id != c.instance_id and e.load_duration_ns > 0
 
 
 async def test_keep_alive_zero_unloads_after_release(stack: Stack) -> None:
