@@ -92,7 +92,8 @@ VARS: tuple[Var, ...] = (
     Var(
         "CORRAL_CACHE_RAM",
         "2048",
-        "MiB of host memory a runner keeps prompt KV snapshots in, across requests and models; 0 = off.",
+        "MiB of host memory a runner keeps prompt KV snapshots in, across requests and models; also where "
+        "idle slots' KV is parked out of a shared KV cache (docs/runner.md); 0 = off, and no parking.",
     ),
     Var("CORRAL_RUNNER_TIMEOUT", "10s", "A runner silent for this long is considered gone."),
     Var(
