@@ -285,7 +285,11 @@ class Scheduler:
         self, spec: scheduler_pb2.ModelSpec, key: LoadKey, keep_alive: float | None
     ) -> _Grant | _Load | _Unload | None:
         """One step towards a lease. None means wait for a state change. Caller holds the lock."""
-        same = [i for i in self.inv.covering(key) if i.state is not State.EXPIRING and self._serves(i, spec, key)]
+        same = [
+            i
+            for i in self.inv.for_model(key.model_digest)
+            if i.state is not State.EXPIRING and self._serves(i, spec, key)
+        ]
         if same:
             ready = [i for i in same if i.state is State.READY and i.leases < i.key.num_parallel]
             # The shortest context that covers the request, then the least busy.

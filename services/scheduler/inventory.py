@@ -164,9 +164,5 @@ class Inventory:
     def on_runner(self, runner_id: str) -> list[Instance]:
         return [i for i in self.instances.values() if i.runner_id == runner_id]
 
-    def covering(self, key: LoadKey) -> list[Instance]:
-        """Instances that can serve a request for `key` (LoadKey.covers)."""
-        return [i for i in self.instances.values() if i.key.covers(key)]
-
     def for_model(self, model_digest: str) -> list[Instance]:
         return [i for i in self.instances.values() if i.key.model_digest == model_digest]
