@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -30,6 +31,7 @@ _PR_SET_PDEATHSIG = 1
 MAX_BACKOFF = 30.0
 STABLE_AFTER = 60.0  # a child up this long has its backoff reset
 STOP_GRACE = 10.0
+STARTUP_WAIT = 60.0  # longest the gateway waits for the services behind it to listen
 
 
 def _die_with_parent() -> None:
@@ -46,6 +48,8 @@ class Child:
     name: str
     service: str
     env: dict[str, str]
+    listen: str = ""  # the gRPC address it serves on; "" = the gateway, started once those listen
+    command: list[str] = field(default_factory=list)  # default: `python -m corral_app <service>`
     proc: subprocess.Popen[bytes] | None = None
     started_at: float = 0.0
     backoff: float = 1.0
@@ -54,7 +58,7 @@ class Child:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "corral_app", self.service],
+            self.command or [sys.executable, "-m", "corral_app", self.service],
             env=self.env,
             preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
         )
@@ -82,11 +86,26 @@ def plan(settings: Settings, runtime_dir: Path, base_env: dict[str, str], runner
         env, CORRAL_RUNNER_ADDR=addr, CORRAL_RUNNER_ADVERTISE_ADDR=addr, CORRAL_RUNNER_DEVICE=runner_device
     )
     return [
-        Child("registry", "registry", env),
-        Child("scheduler", "scheduler", env),
-        Child(f"runner-{tag}", "runner", runner_env),
+        Child("registry", "registry", env, listen=sock["registry"]),
+        Child("scheduler", "scheduler", env, listen=sock["scheduler"]),
+        Child(f"runner-{tag}", "runner", runner_env, listen=addr),
         Child("gateway", "gateway", env),
     ]
+
+
+def accepts(address: str) -> bool:
+    """Whether something accepts connections at a gRPC address ("unix:/path" or "host:port")."""
+    try:
+        if address.startswith("unix:"):
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                s.settimeout(1.0)
+                s.connect(address.removeprefix("unix:"))
+        else:
+            host, _, port = address.rpartition(":")
+            socket.create_connection((host or "127.0.0.1", int(port)), timeout=1.0).close()
+    except OSError:
+        return False
+    return True
 
 
 def runner_devices(gpu_count: int | None = None) -> str:
@@ -117,18 +136,39 @@ class Supervisor:
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
-        for child in self.children:
-            child.start()
+        self.start()
         while not self.stopping:
             self._tick()
             time.sleep(0.2)
-        self._stop_all()
+        self.stop_all()
         return 0
+
+    def start(self) -> None:
+        """The services first; the gateway once they listen (or STARTUP_WAIT passed), so a
+        client that sees the gateway answer never gets "unavailable" from a registry that is
+        still opening its socket."""
+        services = [c for c in self.children if c.listen]
+        for child in services:
+            child.start()
+        deadline = time.monotonic() + STARTUP_WAIT
+        while not self.stopping and time.monotonic() < deadline and not all(accepts(c.listen) for c in services):
+            self._tick()
+            time.sleep(0.05)
+        if self.stopping:
+            return
+        silent = [c.name for c in services if not accepts(c.listen)]
+        if silent:
+            log.warning("starting the gateway anyway", extra=fields(not_listening=",".join(silent)))
+        for child in self.children:
+            if not child.listen:
+                child.start()
 
     def _tick(self) -> None:
         now = time.monotonic()
         for child in self.children:
             if child.proc is None:
+                if not child.started_at:
+                    continue  # not launched yet (the gateway during start-up)
                 if now >= child.restart_at:
                     child.restarts += 1
                     log.warning("restarting", extra=fields(child=child.name, restarts=child.restarts))
@@ -144,7 +184,7 @@ class Supervisor:
             child.restart_at = now + child.backoff
             child.backoff = min(child.backoff * 2, MAX_BACKOFF)
 
-    def _stop_all(self) -> None:
+    def stop_all(self) -> None:
         log.info("stopping")
         # The gateway first, alone: it drains (no new requests; running streams finish within
         # CORRAL_DRAIN_TIMEOUT) while the services those streams need still run. Then the rest.

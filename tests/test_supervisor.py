@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+import socket
+import sys
+import time
 from pathlib import Path
 
 from corral.config import Settings
-from corral_app.supervisor import plan, runner_devices
+from corral_app.supervisor import Child, Supervisor, accepts, plan, runner_devices
 
 
 def test_children_talk_over_sockets_in_the_runtime_dir(tmp_path: Path) -> None:
@@ -49,3 +52,41 @@ def test_cpu_runner_by_default(tmp_path: Path) -> None:
     [runner] = [c for c in plan(Settings.from_env({}), tmp_path, {}) if c.service == "runner"]
     assert (runner.name, runner.env["CORRAL_RUNNER_DEVICE"]) == ("runner-cpu", "cpu")
     assert runner.env["CORRAL_RUNNER_ADDR"] == f"unix:{tmp_path / 'runner-cpu.sock'}"
+
+
+def test_the_gateway_starts_once_the_services_listen(tmp_path: Path) -> None:
+    """A stand-in service takes a second to listen; the stand-in gateway records, when it
+    starts, whether that socket already accepts connections."""
+    sock = tmp_path / "registry.sock"
+    seen = tmp_path / "seen"
+    service = (
+        "import socket, time; time.sleep(1.0); s = socket.socket(socket.AF_UNIX);"
+        f" s.bind({str(sock)!r}); s.listen(); time.sleep(60)"
+    )
+    gateway = (
+        "import socket, pathlib; s = socket.socket(socket.AF_UNIX);"
+        f" ok = s.connect_ex({str(sock)!r}) == 0; pathlib.Path({str(seen)!r}).write_text(str(ok));"
+        " import time; time.sleep(60)"
+    )
+    children = [
+        Child("gateway", "gateway", {}, command=[sys.executable, "-c", gateway]),  # listed first on purpose
+        Child("registry", "registry", {}, listen=f"unix:{sock}", command=[sys.executable, "-c", service]),
+    ]
+    sup = Supervisor(children)
+    try:
+        sup.start()
+        deadline = time.monotonic() + 30
+        while not seen.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert seen.read_text() == "True"
+    finally:
+        sup.stop_all()
+    assert all(c.proc is not None and c.proc.poll() is not None for c in children)
+
+
+def test_accepts() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        assert accepts(f"127.0.0.1:{s.getsockname()[1]}")
+    assert not accepts("unix:/nonexistent/x.sock")
