@@ -119,7 +119,7 @@ class ListLoadedModelsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class LoadedModel(_message.Message):
-    __slots__ = ("name", "manifest_digest", "details", "size_bytes", "size_vram_bytes", "expires_at", "context_length", "runner_id", "active_leases", "devices", "num_parallel")
+    __slots__ = ("name", "manifest_digest", "details", "size_bytes", "size_vram_bytes", "expires_at", "context_length", "runner_id", "active_leases", "devices", "num_parallel", "also_serving")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MANIFEST_DIGEST_FIELD_NUMBER: _ClassVar[int]
     DETAILS_FIELD_NUMBER: _ClassVar[int]
@@ -131,6 +131,7 @@ class LoadedModel(_message.Message):
     ACTIVE_LEASES_FIELD_NUMBER: _ClassVar[int]
     DEVICES_FIELD_NUMBER: _ClassVar[int]
     NUM_PARALLEL_FIELD_NUMBER: _ClassVar[int]
+    ALSO_SERVING_FIELD_NUMBER: _ClassVar[int]
     name: str
     manifest_digest: str
     details: _common_pb2.ModelDetails
@@ -142,7 +143,8 @@ class LoadedModel(_message.Message):
     active_leases: int
     devices: _containers.RepeatedCompositeFieldContainer[_common_pb2.DeviceMemory]
     num_parallel: int
-    def __init__(self, name: _Optional[str] = ..., manifest_digest: _Optional[str] = ..., details: _Optional[_Union[_common_pb2.ModelDetails, _Mapping]] = ..., size_bytes: _Optional[int] = ..., size_vram_bytes: _Optional[int] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., context_length: _Optional[int] = ..., runner_id: _Optional[str] = ..., active_leases: _Optional[int] = ..., devices: _Optional[_Iterable[_Union[_common_pb2.DeviceMemory, _Mapping]]] = ..., num_parallel: _Optional[int] = ...) -> None: ...
+    also_serving: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., manifest_digest: _Optional[str] = ..., details: _Optional[_Union[_common_pb2.ModelDetails, _Mapping]] = ..., size_bytes: _Optional[int] = ..., size_vram_bytes: _Optional[int] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., context_length: _Optional[int] = ..., runner_id: _Optional[str] = ..., active_leases: _Optional[int] = ..., devices: _Optional[_Iterable[_Union[_common_pb2.DeviceMemory, _Mapping]]] = ..., num_parallel: _Optional[int] = ..., also_serving: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ListLoadedModelsResponse(_message.Message):
     __slots__ = ("models",)

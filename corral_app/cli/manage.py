@@ -200,11 +200,11 @@ def cmd_cp(client: Client, args: argparse.Namespace) -> int:
 
 
 def _is_loaded(client: Client, name: str) -> bool:
-    """Whether a model runs: /api/ps names an instance after the model that loaded it, so a
-    copy (same manifest) matches by digest."""
+    """Whether a model runs: /api/ps names an instance after the model that loaded it and lists
+    the others it serves; a copy made after the load matches by digest."""
     running = client.get("/api/ps")["models"]
     full = name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
-    if any(m["name"] in (name, full) for m in running):
+    if any({name, full} & {m["name"], *m.get("also_serving", ())} for m in running):
         return True
     digests = {m["digest"] for m in client.get("/api/tags")["models"] if m["name"] in (name, full)}
     return any(m["digest"] in digests for m in running)

@@ -238,7 +238,7 @@ class Scheduler:
                     key = self.load_key(spec, opts)
                     action = self._decide(spec, key, keep_alive)
                     if isinstance(action, _Grant):
-                        return self._grant(action.instance, key, keep_alive, load_ns)
+                        return self._grant(action.instance, spec, key, keep_alive, load_ns)
                     if action is None:
                         if self._work_in_progress():
                             started = time.monotonic()  # queued behind running work: not a failed load
@@ -259,14 +259,6 @@ class Scheduler:
         finally:
             self._pending -= 1
 
-    @staticmethod
-    def _serves(inst: Instance, spec: scheduler_pb2.ModelSpec, key: LoadKey) -> bool:
-        """The instance can take a request for `key`: loaded with exactly its options, or, for
-        the same model (manifest), with a longer context (LoadKey.covers). Another model on
-        the same weights (a copy, a Modelfile on top) gets a longer-context instance of its
-        own, as before: /api/ps and `stop` find an instance by its model's name."""
-        return inst.key == key or (inst.spec.manifest_digest == spec.manifest_digest and inst.key.covers(key))
-
     def _work_in_progress(self) -> bool:
         """Some instance holds leases, so a slot or memory will free up. Waiting for that is
         queueing, which only CORRAL_MAX_QUEUE bounds, as in Ollama; the load timeout is for a
@@ -285,11 +277,7 @@ class Scheduler:
         self, spec: scheduler_pb2.ModelSpec, key: LoadKey, keep_alive: float | None
     ) -> _Grant | _Load | _Unload | None:
         """One step towards a lease. None means wait for a state change. Caller holds the lock."""
-        same = [
-            i
-            for i in self.inv.for_model(key.model_digest)
-            if i.state is not State.EXPIRING and self._serves(i, spec, key)
-        ]
+        same = [i for i in self.inv.for_model(key.model_digest) if i.state is not State.EXPIRING and i.key.covers(key)]
         if same:
             ready = [i for i in same if i.state is State.READY and i.leases < i.key.num_parallel]
             # The shortest context that covers the request, then the least busy.
@@ -299,7 +287,7 @@ class Scheduler:
         stale = [
             i
             for i in self.inv.for_model(key.model_digest)
-            if (i.key.adapters, i.key.draft) == (key.adapters, key.draft) and not self._serves(i, spec, key)
+            if (i.key.adapters, i.key.draft) == (key.adapters, key.draft) and not i.key.covers(key)
         ]
         for inst in stale:  # load options changed: reload once the old instance is idle
             inst.state = State.EXPIRING
@@ -350,7 +338,11 @@ class Scheduler:
         )
         return _Load(inst, self.inv.runners[decision.runner_id])
 
-    def _grant(self, inst: Instance, key: LoadKey, keep_alive: float | None, load_ns: int) -> Lease:
+    def _grant(
+        self, inst: Instance, spec: scheduler_pb2.ModelSpec, key: LoadKey, keep_alive: float | None, load_ns: int
+    ) -> Lease:
+        if spec.name != inst.spec.name:
+            inst.also_serves[spec.name] = spec.manifest_digest
         inst.leases += 1
         inst.idle_since = 0.0
         inst.last_used = self.clock.monotonic()
@@ -466,12 +458,11 @@ class Scheduler:
             self._spawn(self._unload((inst,)))
 
     async def unload_model(self, model_digest: str, manifest_digest: str = "") -> bool:
-        """keep_alive 0 with an empty prompt: unload once idle."""
+        """keep_alive 0 with an empty prompt: unload once idle, with the instances that serve
+        the model (loaded for it, or shared with it: Instance.also_serves)."""
         async with self._cond:
             found = [
-                i
-                for i in self.inv.for_model(model_digest)
-                if not manifest_digest or i.spec.manifest_digest == manifest_digest
+                i for i in self.inv.for_model(model_digest) if not manifest_digest or i.serves_manifest(manifest_digest)
             ]
             for inst in found:
                 inst.keep_alive = 0

@@ -137,6 +137,12 @@ class Instance:
     expires_at: float = math.inf  # wall clock (time.time()); inf = forever or busy
     last_used: float = field(default_factory=time.monotonic)
     idle_since: float = 0.0  # leased but without work on the runner since (abandoned-lease check)
+    # Other models (name -> manifest digest) granted leases on it: a Modelfile or a copy over
+    # the same weights with the same load options shares the instance, as in Ollama.
+    also_serves: dict[str, str] = field(default_factory=dict)
+
+    def serves_manifest(self, manifest_digest: str) -> bool:
+        return manifest_digest == self.spec.manifest_digest or manifest_digest in self.also_serves.values()
 
     @property
     def idle(self) -> bool:

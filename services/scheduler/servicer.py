@@ -81,6 +81,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
                 runner_id=inst.runner_id,
                 active_leases=inst.leases,
                 num_parallel=inst.key.num_parallel,
+                also_serving=sorted(inst.also_serves),
                 devices=[common_pb2.DeviceMemory(device_id=d, bytes=b) for d, b in inst.measured.items()],
             )
             m.details.CopyFrom(inst.spec.details)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.e2e.cli import corral
@@ -59,12 +61,22 @@ def test_run_one_shot_and_piped(stack: Stack, terse: str) -> None:
 def test_cp_ps_stop_rm(stack: Stack, terse: str) -> None:
     assert corral(stack, "cp", terse, "terse-copy").returncode == 0
     assert "terse-copy:latest" in corral(stack, "list").stdout
-    corral(stack, "run", "terse-copy", "Hi")
+    # gemma3 loaded first with a longer context: terse-copy (FROM gemma3, num_ctx 1024) runs
+    # on that instance rather than loading the weights again, and `stop terse-copy` finds it.
+    load = httpx.post(f"{stack.url}/api/generate", json={"model": "gemma3", "options": {"num_ctx": 2048}}, timeout=120)
+    assert load.status_code == 200, load.text
+    assert corral(stack, "run", "terse-copy", "Hi").returncode == 0
     ps = corral(stack, "ps")
     assert ps.stdout.splitlines()[0].split() == ["NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "ACTIVE", "UNTIL"]
     assert "100% CPU" in ps.stdout
     assert " 0/1 " in ps.stdout  # ACTIVE: no sequence of its one (CORRAL_NUM_PARALLEL) in use
+    [shared] = [m for m in httpx.get(f"{stack.url}/api/ps").json()["models"] if m["name"] == "gemma3:latest"]
+    assert "terse-copy:latest" in shared["also_serving"] and shared["context_length"] >= 2048
     assert corral(stack, "stop", "terse-copy").returncode == 0
+    deadline = time.monotonic() + 30
+    while any(m["name"] == "gemma3:latest" for m in httpx.get(f"{stack.url}/api/ps").json()["models"]):
+        assert time.monotonic() < deadline, "stop did not unload the instance serving terse-copy"
+        time.sleep(0.2)
     r = corral(stack, "rm", "terse-copy")
     assert r.returncode == 0 and "deleted 'terse-copy'" in r.stdout
     assert "terse-copy" not in corral(stack, "list").stdout

@@ -127,12 +127,23 @@ async def test_a_longer_loaded_context_serves_shorter_ones(stack: Stack) -> None
     ps = await stack.stub.ListLoadedModels(scheduler_pb2.ListLoadedModelsRequest())
     assert [m.context_length for m in ps.models] == [8192]
     await stack.stub.ReleaseModel(scheduler_pb2.ReleaseModelRequest(lease_id=d.lease_id))
-    # Another model on the same weights (a copy) is not served by it: /api/ps and `stop`
-    # find an instance by its model's name.
+    # Another model on the same weights (a copy, a Modelfile over it) shares it too: /api/ps
+    # lists it under the instance, and unloading that model by its manifest unloads it.
     copy = acquire_req(num_ctx=1024)
     copy.model.name, copy.model.manifest_digest = "m1-copy:latest", "sha256:m1-copy-manifest"
     e = await stack.stub.AcquireModel(copy)
-    assert e.instance_id != c.instance_id and e.load_duration_ns > 0
+    assert (e.instance_id, e.context_length, e.load_duration_ns) == (c.instance_id, 1024, 0)
+    await stack.stub.ReleaseModel(scheduler_pb2.ReleaseModelRequest(lease_id=e.lease_id))
+    ps = await stack.stub.ListLoadedModels(scheduler_pb2.ListLoadedModelsRequest())
+    assert [(m.name, list(m.also_serving)) for m in ps.models] == [("m1:latest", ["m1-copy:latest"])]
+    other = scheduler_pb2.SchedulerUnloadModelRequest(model_digest="sha256:m1", manifest_digest="sha256:m2-manifest")
+    assert not (await stack.stub.UnloadModel(other)).unloading
+    by_copy = scheduler_pb2.SchedulerUnloadModelRequest(
+        model_digest="sha256:m1", manifest_digest="sha256:m1-copy-manifest"
+    )
+    assert (await stack.stub.UnloadModel(by_copy)).unloading
+    await asyncio.sleep(0.1)
+    assert runner.unloads == [a.instance_id, c.instance_id]
 
 
 async def test_keep_alive_zero_unloads_after_release(stack: Stack) -> None:

@@ -40,6 +40,8 @@ async def ps(request: Request) -> Response:
             # Corral's own: sequences generating now, of the instance's num_parallel.
             "active_sequences": m.active_leases,
             "num_parallel": m.num_parallel,
+            # Corral's own: other models sharing the instance (same weights and load options).
+            "also_serving": list(m.also_serving),
         }
         for m in resp.models
     ]
