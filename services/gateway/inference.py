@@ -238,8 +238,7 @@ async def _unary(
     for attempt in (1, 2):
         lease = await acquire(backends, model, load, keep_alive, request.request_id)
         request.instance_id = lease.instance_id
-        if isinstance(request, runner_pb2.EmbedRequest):
-            request.num_ctx = lease.context_length  # may be shorter than the instance's
+        request.num_ctx = lease.context_length  # may be shorter than the instance's
         failed = False
         try:
             return await call(backends.runner(lease.runner_address)), lease.load_duration_ns

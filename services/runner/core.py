@@ -162,9 +162,9 @@ class Runner:
         return await self._get(instance_id).call(lambda nm: embed(nm, inputs, truncate, normalize, num_ctx))
 
     async def rerank(
-        self, instance_id: str, query: str, documents: list[str], truncate: bool
+        self, instance_id: str, query: str, documents: list[str], truncate: bool, num_ctx: int = 0
     ) -> tuple[list[float], int]:
-        return await self._get(instance_id).call(lambda nm: rerank(nm, query, documents, truncate))
+        return await self._get(instance_id).call(lambda nm: rerank(nm, query, documents, truncate, num_ctx))
 
     async def tokenize(self, instance_id: str, text: str, add_special: bool, parse_special: bool) -> list[int]:
         return await self._get(instance_id).call(lambda nm: nm.tokenize(text, add_special, parse_special))

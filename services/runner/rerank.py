@@ -78,8 +78,12 @@ class PairBuilder:
         return out
 
 
-def rerank(nm: NativeModel, query: str, documents: list[str], truncate: bool) -> tuple[list[float], int]:
-    """Scores in document order and the tokens evaluated; runs on the owner thread (Instance.call)."""
+def rerank(
+    nm: NativeModel, query: str, documents: list[str], truncate: bool, num_ctx: int = 0
+) -> tuple[list[float], int]:
+    """Scores in document order and the tokens evaluated; runs on the owner thread (Instance.call).
+    `num_ctx`: the request's context, when shorter than the instance's (a lease on a longer
+    instance), so that pairs are cut as an instance of that context would cut them."""
     if not nm.is_embedding:
         raise _invalid(NOT_A_RERANKER)
     emb: Embedder = embedder(nm)
@@ -87,7 +91,7 @@ def rerank(nm: NativeModel, query: str, documents: list[str], truncate: bool) ->
         raise _invalid(NOT_A_RERANKER)
     if not documents:
         return [], 0
-    builder = PairBuilder(nm, emb.limit)
+    builder = PairBuilder(nm, min(emb.limit, num_ctx) if num_ctx > 0 else emb.limit)
     seqs = [builder.build(query, doc, truncate) for doc in documents]
     outputs = emb.pooled(seqs)
     scores = [float(v[0]) for v in outputs]

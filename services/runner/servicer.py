@@ -237,7 +237,7 @@ class RunnerServicer(runner_pb2_grpc.RunnerServiceServicer):
         self, request: runner_pb2.RerankRequest, context: grpc.aio.ServicerContext
     ) -> runner_pb2.RerankResponse:
         scores, count = await self.runner.rerank(
-            request.instance_id, request.query, list(request.documents), request.truncate
+            request.instance_id, request.query, list(request.documents), request.truncate, request.num_ctx
         )
         return runner_pb2.RerankResponse(scores=scores, prompt_eval_count=count)
 

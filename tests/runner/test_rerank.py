@@ -94,3 +94,23 @@ async def test_rerank_template_pairs_the_texts(tmp_path: Path) -> None:
     want, _ = rerank_scores(path, QUERY, ["the sky is blue."])  # [CLS] q [SEP] d [SEP] with q/d swapped back
     assert swapped[0] == pytest.approx(want[0], abs=2e-3)
     assert plain[0] != pytest.approx(want[0], abs=1e-3)
+
+
+async def test_a_shorter_request_context_cuts_pairs_as_that_instance_would(reranker) -> None:  # type: ignore[no-untyped-def]
+    """A lease on a longer instance carries its own num_ctx (the scheduler's covering rule):
+    the pairs are cut, and scored, as an instance loaded with that context cuts them."""
+    path, inst = reranker
+    long = "sea " * 300
+    with pytest.raises(CorralError) as exc:
+        await inst.call(lambda nm: rerank(nm, QUERY, ["sea " * 60], False, num_ctx=64))
+    assert exc.value.reason == common_pb2.ERROR_REASON_PROMPT_TOO_LONG
+    cut, count = await inst.call(lambda nm: rerank(nm, QUERY, [long, "the sky"], True, num_ctx=64))
+    assert count == 64 + 9
+    short = Instance("rank64", LoadSpec(str(path), num_ctx=64))
+    await short.start()
+    try:
+        want, want_count = await short.call(lambda nm: rerank(nm, QUERY, [long, "the sky"], True))
+    finally:
+        await short.stop()
+    assert want_count == count
+    np.testing.assert_allclose(cut, want, rtol=1e-4, atol=1e-4)
