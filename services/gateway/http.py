@@ -12,13 +12,21 @@ from typing import Any, TypeVar
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from services.gateway.errors import HTTPError, bad_request
 
 log = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=BaseModel)
+
+
+class JsonModel(BaseModel):
+    """A request body of the OpenAI and Anthropic surfaces, typed as their APIs type it: JSON
+    types only (no "2" for 2, no true for 1), unknown fields ignored."""
+
+    model_config = ConfigDict(strict=True, extra="ignore", populate_by_name=True)
+
 
 NDJSON = "application/x-ndjson"
 
@@ -50,7 +58,11 @@ async def parse_json(request: Request) -> dict[str, Any]:
 
 async def parse_body(request: Request, model: type[M]) -> M:
     """Decode a JSON body into `model` with Ollama's 400 messages."""
-    data = await parse_json(request)
+    return validated(model, await parse_json(request))
+
+
+def validated(model: type[M], data: Any) -> M:
+    """`data` as `model`; a wrong field is a 400 naming it."""
     try:
         return model.model_validate(data)
     except ValidationError as exc:

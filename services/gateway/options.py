@@ -32,6 +32,15 @@ def _coerce(name: str, kind: Kind, value: Any) -> Any:
     raise _invalid(name, {"float": "float32", "int": "integer", "bool": "boolean"}[kind])
 
 
+def _set(out: Any, name: str, value: Any) -> None:
+    """One field of a protobuf message; a number the field cannot hold (1e20 for an int32) is
+    the client's error, not the server's."""
+    try:
+        setattr(out, name, value)
+    except (ValueError, TypeError, OverflowError):
+        raise CorralError(common_pb2.ERROR_REASON_INVALID_ARGUMENT, f'option "{name}" is out of range') from None
+
+
 def _logit_bias(value: Any) -> dict[int, float]:
     """Token id (an int or its decimal string, as OpenAI sends it) to a bias in [-100, 100]."""
     if not isinstance(value, Mapping):
@@ -42,6 +51,8 @@ def _logit_bias(value: Any) -> dict[int, float]:
             token = int(key)
         except (TypeError, ValueError):
             raise _invalid("logit_bias", "object of token ids") from None
+        if not 0 <= token < 2**31:
+            raise _invalid("logit_bias", "object of token ids")
         if isinstance(bias, bool) or not isinstance(bias, int | float) or not -100 <= bias <= 100:
             raise CorralError(
                 common_pb2.ERROR_REASON_INVALID_ARGUMENT, "logit_bias values must be numbers between -100 and 100"
@@ -78,7 +89,7 @@ def to_sampling(options: Mapping[str, Any]) -> common_pb2.SamplingOptions:
         elif kind == "map":  # logit_bias
             getattr(out, name).update(_logit_bias(value))
         else:
-            setattr(out, name, _coerce(name, kind, value))
+            _set(out, name, _coerce(name, kind, value))
     return out
 
 
@@ -86,5 +97,5 @@ def to_load(options: Mapping[str, Any]) -> common_pb2.LoadOptions:
     out = common_pb2.LoadOptions()
     for name, kind in LOAD.items():
         if options.get(name) is not None:
-            setattr(out, name, _coerce(name, kind, options[name]))
+            _set(out, name, _coerce(name, kind, options[name]))
     return out

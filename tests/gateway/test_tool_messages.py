@@ -3,9 +3,22 @@
 
 from __future__ import annotations
 
-from services.gateway.anthropic.messages import to_ollama_messages as from_anthropic
-from services.gateway.openai.chat import to_ollama_messages as from_openai
+from typing import Any
+
+from services.gateway.anthropic.messages import MessagesRequest
+from services.gateway.anthropic.messages import to_ollama_messages as to_ollama_from_anthropic
+from services.gateway.openai.chat import ChatMessage
+from services.gateway.openai.chat import to_ollama_messages as to_ollama_from_openai
 from services.gateway.openai.responses import items_to_chat
+
+
+def from_openai(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return to_ollama_from_openai([ChatMessage.model_validate(m) for m in messages])
+
+
+def from_anthropic(body: dict[str, Any]) -> list[dict[str, Any]]:
+    return to_ollama_from_anthropic(MessagesRequest.model_validate(body))
+
 
 CALL = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'}}
 

@@ -9,7 +9,7 @@ from fastapi.responses import Response
 from services.gateway import inference, pipeline
 from services.gateway.anthropic import messages as anthropic
 from services.gateway.errors import bad_request
-from services.gateway.http import json_response, parse_json
+from services.gateway.http import json_response, parse_body
 from services.gateway.native.tokenize import on_instance
 
 router = APIRouter()
@@ -17,22 +17,22 @@ router = APIRouter()
 
 @router.post("/v1/messages/count_tokens")
 async def count_tokens(request: Request) -> Response:
-    body = await parse_json(request)
-    if not body.get("model"):
+    req = await parse_body(request, anthropic.MessagesRequest)
+    if not req.model:
         raise bad_request("model is required")
-    if not body.get("messages"):
+    if not req.messages:
         raise bad_request("messages is required")
     backends = request.app.state.backends
     job = await pipeline.prepare_chat(
         backends,
-        body["model"],
-        anthropic.to_ollama_messages(body),
-        tools=anthropic._tools(body.get("tools")),
-        think=pipeline.parse_think(anthropic._think(body)),
+        req.model,
+        anthropic.to_ollama_messages(req),
+        tools=anthropic.tools(req),
+        think=pipeline.parse_think(anthropic.think(req)),
         relax_think=True,
     )
 
     async def count(inst: inference.Instance) -> int:
         return len(await inst.tokenize(job.prompt.text, job.prompt.add_bos))
 
-    return json_response({"input_tokens": await on_instance(backends, body["model"], count)})
+    return json_response({"input_tokens": await on_instance(backends, req.model, count)})

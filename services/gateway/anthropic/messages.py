@@ -12,7 +12,7 @@ from fastapi.responses import Response
 
 from services.gateway import pipeline, toolchoice
 from services.gateway.errors import anthropic_body, bad_request
-from services.gateway.http import collect, parse_json
+from services.gateway.http import JsonModel, collect, parse_body
 from services.gateway.native.common import DONE_REASONS
 from services.gateway.sse import Event, sse_stream
 
@@ -20,118 +20,167 @@ router = APIRouter()
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens"}
 
 
-def _blocks(content: Any) -> list[dict[str, Any]]:
-    if isinstance(content, str):
-        return [{"type": "text", "text": content}]
-    if isinstance(content, list) and all(isinstance(b, dict) for b in content):
-        return content
-    raise bad_request("invalid message content")
+class ImageSource(JsonModel):
+    type: str = ""
+    media_type: str = ""
+    data: str = ""
 
 
-def _block_text(content: Any) -> str:
+class Block(JsonModel):
+    """A content block; which fields count depends on `type`."""
+
+    type: str = ""
+    text: str = ""  # text
+    thinking: str = ""  # thinking
+    source: ImageSource | None = None  # image
+    id: str = ""  # tool_use
+    name: str = ""  # tool_use
+    input: dict[str, Any] | None = None  # tool_use
+    tool_use_id: str = ""  # tool_result
+    content: str | list[Block] | None = None  # tool_result
+
+
+class Message(JsonModel):
+    role: str = ""
+    content: str | list[Block] = ""
+
+
+class Tool(JsonModel):
+    type: str | None = None
+    name: str = ""
+    description: str = ""
+    input_schema: dict[str, Any] | None = None
+
+
+class Thinking(JsonModel):
+    type: str = ""
+    budget_tokens: int | None = None
+
+
+class OutputConfig(JsonModel):
+    effort: str | None = None
+
+
+class MessagesRequest(JsonModel):
+    """/v1/messages and, without max_tokens, /v1/messages/count_tokens."""
+
+    model: str = ""
+    messages: list[Message] | None = None
+    system: str | list[Block] | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    stop_sequences: list[str] | None = None
+    stream: bool | None = None
+    tools: list[Tool] | None = None
+    tool_choice: dict[str, Any] | None = None  # checked by toolchoice.from_anthropic
+    thinking: Thinking | None = None
+    output_config: OutputConfig | None = None
+
+
+def _blocks(content: str | list[Block] | None) -> list[Block]:
     if content is None:
-        return ""
-    return "\n".join(b.get("text", "") for b in _blocks(content) if b.get("type") == "text")
+        return []
+    return [Block(type="text", text=content)] if isinstance(content, str) else content
 
 
-def to_ollama_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
+def _block_text(content: str | list[Block] | None) -> str:
+    return "\n".join(b.text for b in _blocks(content) if b.type == "text")
+
+
+def to_ollama_messages(req: MessagesRequest) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
-    system = body.get("system")
-    if system:
-        out.append({"role": "system", "content": _block_text(system)})
+    if req.system:
+        out.append({"role": "system", "content": _block_text(req.system)})
     names: dict[str, str] = {}
-    for m in body.get("messages") or []:
-        role = m.get("role")
-        if role not in ("user", "assistant"):
-            raise bad_request(f"invalid role: {role}")
-        msg: dict[str, Any] = {"role": role, "content": ""}
+    for m in req.messages or []:
+        if m.role not in ("user", "assistant"):
+            raise bad_request(f"invalid role: {m.role}")
+        msg: dict[str, Any] = {"role": m.role, "content": ""}
         texts: list[str] = []
-        for b in _blocks(m.get("content")):
-            kind = b.get("type")
-            if kind == "text":
-                texts.append(b.get("text", ""))
-            elif kind == "image":
-                src = b.get("source") or {}
-                if src.get("type") != "base64":
+        blocks = _blocks(m.content)
+        for b in blocks:
+            if b.type == "text":
+                texts.append(b.text)
+            elif b.type == "image":
+                if b.source is None or b.source.type != "base64":
                     raise bad_request("image URLs are not currently supported, please use base64 encoded data instead")
-                msg.setdefault("images", []).append(src.get("data", ""))
-            elif kind == "thinking":
-                msg["thinking"] = b.get("thinking", "")
-            elif kind == "tool_use":
-                names[b.get("id", "")] = b.get("name", "")
+                msg.setdefault("images", []).append(b.source.data)
+            elif b.type == "thinking":
+                msg["thinking"] = b.thinking
+            elif b.type == "tool_use":
+                names[b.id] = b.name
                 calls = msg.setdefault("tool_calls", [])
-                fn = {"index": len(calls), "name": b.get("name", ""), "arguments": b.get("input") or {}}
-                calls.append({"id": b.get("id", ""), "function": fn})
-            elif kind == "tool_result":
-                tid = b.get("tool_use_id", "")
+                fn = {"index": len(calls), "name": b.name, "arguments": b.input or {}}
+                calls.append({"id": b.id, "function": fn})
+            elif b.type == "tool_result":
                 out.append(
                     {
                         "role": "tool",
-                        "content": _block_text(b.get("content")),
-                        "tool_call_id": tid,
-                        "tool_name": names.get(tid, ""),
+                        "content": _block_text(b.content),
+                        "tool_call_id": b.tool_use_id,
+                        "tool_name": names.get(b.tool_use_id, ""),
                     }
                 )
-            elif kind == "redacted_thinking":
+            elif b.type == "redacted_thinking":
                 continue
             else:
-                raise bad_request(f"unsupported content block type: {kind}")
+                raise bad_request(f"unsupported content block type: {b.type}")
         msg["content"] = "\n".join(texts)
         if (
             msg["content"]
             or msg.get("tool_calls")
             or msg.get("images")
-            or not any(b.get("type") == "tool_result" for b in _blocks(m.get("content")))
+            or not any(b.type == "tool_result" for b in blocks)
         ):
             out.append(msg)
     return out
 
 
-def _tools(tools: Any) -> list[dict[str, Any]] | None:
-    if not tools:
+def tools(req: MessagesRequest) -> list[dict[str, Any]] | None:
+    if not req.tools:
         return None
     return [
         {
             "type": "function",
             "function": {
-                "name": t.get("name", ""),
-                "description": t.get("description", ""),
-                "parameters": t.get("input_schema") or {"type": "object", "properties": {}},
+                "name": t.name,
+                "description": t.description,
+                "parameters": t.input_schema or {"type": "object", "properties": {}},
             },
         }
-        for t in tools
+        for t in req.tools
     ]
 
 
-def _options(body: dict[str, Any]) -> dict[str, Any]:
-    opts: dict[str, Any] = {"num_predict": body["max_tokens"]}
-    for src, dst in (("temperature", "temperature"), ("top_p", "top_p"), ("top_k", "top_k")):
-        if body.get(src) is not None:
-            opts[dst] = body[src]
-    if body.get("stop_sequences"):
-        opts["stop"] = body["stop_sequences"]
+def _options(req: MessagesRequest) -> dict[str, Any]:
+    opts: dict[str, Any] = {"num_predict": req.max_tokens}
+    for key in ("temperature", "top_p", "top_k"):
+        if getattr(req, key) is not None:
+            opts[key] = getattr(req, key)
+    if req.stop_sequences:
+        opts["stop"] = req.stop_sequences
     return opts
 
 
-def _think(body: dict[str, Any]) -> Any:
-    thinking = body.get("thinking") or {}
-    effort = (body.get("output_config") or {}).get("effort")
-    if thinking.get("type") == "enabled":
+def think(req: MessagesRequest) -> Any:
+    effort = req.output_config.effort if req.output_config else None
+    kind = req.thinking.type if req.thinking else ""
+    if kind == "enabled":
         return {"xhigh": "high"}.get(effort, effort) if effort else True
-    if thinking.get("type") == "disabled":
+    if kind == "disabled":
         return False
     return None
 
 
-def _budget(body: dict[str, Any]) -> int:
+def _budget(req: MessagesRequest) -> int:
     """thinking.budget_tokens, enforced: the runner closes the thinking block after that many tokens."""
-    thinking = body.get("thinking") or {}
-    if thinking.get("type") != "enabled" or thinking.get("budget_tokens") is None:
+    if req.thinking is None or req.thinking.type != "enabled" or req.thinking.budget_tokens is None:
         return 0
-    budget = thinking["budget_tokens"]
-    if not isinstance(budget, int) or isinstance(budget, bool) or budget < 1:
+    if req.thinking.budget_tokens < 1:
         raise bad_request("thinking.budget_tokens must be a positive integer")
-    return budget
+    return req.thinking.budget_tokens
 
 
 def _stop_reason(ev: pipeline.Event, had_tools: bool) -> str:
@@ -148,30 +197,30 @@ def _usage(ev: pipeline.Event | None) -> dict[str, int]:
 
 @router.post("/v1/messages")
 async def messages(request: Request) -> Response:
-    body = await parse_json(request)
-    if not body.get("model"):
+    req = await parse_body(request, MessagesRequest)
+    if not req.model:
         raise bad_request("model is required")
-    if not isinstance(body.get("max_tokens"), int) or body["max_tokens"] <= 0:
+    if req.max_tokens is None or req.max_tokens <= 0:
         raise bad_request("max_tokens is required and must be positive")
-    if not body.get("messages"):
+    if not req.messages:
         raise bad_request("messages is required")
     backends = request.app.state.backends
     job = await pipeline.prepare_chat(
         backends,
-        body["model"],
-        to_ollama_messages(body),
-        tools=_tools(body.get("tools")),
-        request_options=_options(body),
-        think=pipeline.parse_think(_think(body)),
+        req.model,
+        to_ollama_messages(req),
+        tools=tools(req),
+        request_options=_options(req),
+        think=pipeline.parse_think(think(req)),
         relax_think=True,
         coerce_level=True,
-        tool_choice=toolchoice.from_anthropic(body.get("tool_choice")),
-        think_budget=_budget(body),
+        tool_choice=toolchoice.from_anthropic(req.tool_choice),
+        think_budget=_budget(req),
     )
-    mid, model = "msg_" + secrets.token_hex(12), body["model"]
+    mid, model = "msg_" + secrets.token_hex(12), req.model
     stream = pipeline.run(backends, job)
 
-    if body.get("stream"):
+    if req.stream:
         return await sse_stream(_stream(stream, mid, model), anthropic_body, "error")
 
     async def chunks() -> AsyncGenerator[dict[str, Any], None]:

@@ -52,17 +52,27 @@ def normalize_messages(raw: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 f"json: cannot unmarshal {type(content).__name__} into message content", "invalid_message"
             )
         msg: dict[str, Any] = {"role": role, "content": content or ""}
-        for key in ("thinking", "images", "tool_name", "tool_call_id"):
+        for key in ("thinking", "tool_name", "tool_call_id"):
             if m.get(key):
+                if not isinstance(m[key], str):
+                    raise bad_request(f"json: cannot unmarshal {type(m[key]).__name__} into message {key}")
                 msg[key] = m[key]
+        if m.get("images"):
+            if not isinstance(m["images"], list) or not all(isinstance(x, str) for x in m["images"]):
+                raise bad_request("json: cannot unmarshal message images: not an array of strings")
+            msg["images"] = m["images"]
         if m.get("tool_calls"):
+            if not isinstance(m["tool_calls"], list):
+                raise bad_request("json: cannot unmarshal tool_calls: not an array", "invalid_message")
             msg["tool_calls"] = [_history_call(tc, n) for n, tc in enumerate(m["tool_calls"])]
         out.append(msg)
     return out
 
 
 def _history_call(tc: Any, n: int) -> dict[str, Any]:
-    fn = (tc or {}).get("function") or {}
+    fn = tc.get("function") if isinstance(tc, dict) else None
+    if not isinstance(fn, dict):
+        raise bad_request("a tool call must be an object with a function object", "invalid_tool_call")
     args = fn.get("arguments") or {}
     if not isinstance(args, dict):
         raise bad_request("tool call arguments must be an object", "invalid_tool_call")

@@ -10,15 +10,53 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
+from pydantic import Field
 
 from services.gateway import pipeline, toolchoice
 from services.gateway.errors import bad_request, openai_body
-from services.gateway.http import collect, json_response, parse_json
+from services.gateway.http import JsonModel, collect, json_response, parse_body
 from services.gateway.native.common import keep_alive
 from services.gateway.openai import common
 from services.gateway.sse import Event, sse_stream
 
 router = APIRouter()
+
+
+class FunctionCall(JsonModel):
+    name: str = ""
+    arguments: str | dict[str, Any] | None = None  # a JSON object string; an object is accepted too
+
+
+class ToolCall(JsonModel):
+    id: str = ""
+    function: FunctionCall = Field(default_factory=FunctionCall)
+
+
+class ChatMessage(JsonModel):
+    role: str = ""
+    content: str | list[Any] | None = None  # text, or parts (checked by _text)
+    name: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
+    reasoning: str | None = None
+    reasoning_content: str | None = None
+
+
+class Reasoning(JsonModel):
+    effort: str | None = None
+
+
+class ChatCompletionRequest(common.TextRequest):
+    messages: list[ChatMessage] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = None
+    reasoning_effort: str | None = None
+    reasoning: Reasoning | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+    grammar: str | None = None  # beyond OpenAI: raw GBNF (llama-server's `grammar`)
+    debug_render_only: bool = Field(False, alias="_debug_render_only")
 
 
 def _text(content: Any) -> tuple[str, list[str]]:
@@ -45,7 +83,7 @@ def _text(content: Any) -> tuple[str, list[str]]:
     return "\n".join(texts), images
 
 
-def _arguments(raw: Any) -> dict[str, Any]:
+def _arguments(raw: str | dict[str, Any] | None) -> dict[str, Any]:
     if isinstance(raw, dict):
         return raw
     try:
@@ -57,54 +95,52 @@ def _arguments(raw: Any) -> dict[str, Any]:
     return parsed
 
 
-def to_ollama_messages(messages: Any) -> list[dict[str, Any]]:
-    if not isinstance(messages, list) or not messages:
+def to_ollama_messages(messages: list[ChatMessage] | None) -> list[dict[str, Any]]:
+    if not messages:
         raise bad_request("[] is too short - 'messages'")
     names_by_id: dict[str, str] = {}
     out: list[dict[str, Any]] = []
     for m in messages:
-        if not isinstance(m, dict):
-            raise bad_request("invalid message")
-        role = str(m.get("role", "")).lower()
+        role = m.role.lower()
         role = "system" if role == "developer" else role
-        text, images = _text(m.get("content"))
+        text, images = _text(m.content)
         msg: dict[str, Any] = {"role": role, "content": text}
         if images:
             msg["images"] = images
-        if m.get("reasoning") or m.get("reasoning_content"):
-            msg["thinking"] = m.get("reasoning") or m.get("reasoning_content")
-        if m.get("tool_calls"):
+        if m.reasoning or m.reasoning_content:
+            msg["thinking"] = m.reasoning or m.reasoning_content
+        if m.tool_calls:
             calls = []
-            for i, tc in enumerate(m["tool_calls"]):
-                fn = tc.get("function") or {}
-                names_by_id[tc.get("id", "")] = fn.get("name", "")
+            for i, tc in enumerate(m.tool_calls):
+                names_by_id[tc.id] = tc.function.name
                 calls.append(
                     {
-                        "id": tc.get("id", ""),
+                        "id": tc.id,
                         "function": {
                             "index": i,
-                            "name": fn.get("name", ""),
-                            "arguments": _arguments(fn.get("arguments")),
+                            "name": tc.function.name,
+                            "arguments": _arguments(tc.function.arguments),
                         },
                     }
                 )
             msg["tool_calls"] = calls
         if role == "tool":
-            call_id = m.get("tool_call_id") or ""
+            call_id = m.tool_call_id or ""
             msg["tool_call_id"] = call_id
-            msg["tool_name"] = m.get("name") or names_by_id.get(call_id, "")
+            msg["tool_name"] = m.name or names_by_id.get(call_id, "")
         out.append(msg)
     return out
 
 
-def response_format(rf: Any) -> Any:
+def response_format(rf: dict[str, Any] | None) -> Any:
     if not rf:
         return None
-    kind = rf.get("type") if isinstance(rf, dict) else None
+    kind = rf.get("type")
     if kind == "json_object":
         return "json"
     if kind == "json_schema":
-        schema = (rf.get("json_schema") or {}).get("schema")
+        spec = rf.get("json_schema")
+        schema = spec.get("schema") if isinstance(spec, dict) else None
         if not isinstance(schema, dict):
             raise bad_request("response_format.json_schema.schema must be an object")
         return schema
@@ -129,40 +165,40 @@ def openai_tool_calls(calls: list[dict[str, Any]], stream: bool) -> list[dict[st
 
 @router.post("/v1/chat/completions")
 async def chat_completions(request: Request) -> Response:
-    body = await parse_json(request)
-    if not body.get("model"):
+    req = await parse_body(request, ChatCompletionRequest)
+    if not req.model:
         raise bad_request("model is required", "model_required")
-    n = common.choice_count(body)
-    effort = body.get("reasoning_effort") or (body.get("reasoning") or {}).get("effort")
+    n = common.choice_count(req.n)
+    effort = req.reasoning_effort or (req.reasoning.effort if req.reasoning else None)
     think = pipeline.parse_think(common.think_from_effort(effort))
-    top = body.get("top_logprobs") or 0
+    top = req.top_logprobs or 0
     backends = request.app.state.backends
-    messages = to_ollama_messages(body.get("messages"))
+    messages = to_ollama_messages(req.messages)
     job = await pipeline.prepare_chat(
         backends,
-        body["model"],
+        req.model,
         messages,
-        tools=body.get("tools") or None,
-        fmt=response_format(body.get("response_format")),
-        request_options=common.sampling_options(body),
+        tools=req.tools or None,
+        fmt=response_format(req.response_format),
+        request_options=common.sampling_options(req),
         think=think,
-        keep_alive=keep_alive(body.get("keep_alive")),
-        logprobs=bool(body.get("logprobs")) or top > 0,
+        keep_alive=keep_alive(req.keep_alive),
+        logprobs=bool(req.logprobs) or top > 0,
         top_logprobs=top,
         coerce_level=True,
-        tool_choice=toolchoice.from_openai(body.get("tool_choice")),
-        grammar=body.get("grammar") or "",
+        tool_choice=toolchoice.from_openai(req.tool_choice),
+        grammar=req.grammar or "",
     )
-    cid, created, model = common.new_id("chatcmpl"), int(time.time()), body["model"]
+    cid, created, model = common.new_id("chatcmpl"), int(time.time()), req.model
     base = {"id": cid, "created": created, "model": model, "system_fingerprint": "fp_ollama"}
-    if body.get("_debug_render_only"):
+    if req.debug_render_only:
         info = pipeline.debug_info(job.prompt, messages)
         empty = {"index": 0, "message": {"role": "assistant", "content": ""}, "finish_reason": "stop", "logprobs": None}
         return json_response({**base, "object": "chat.completion", "choices": [empty], "_debug_info": info})
     events = pipeline.run_choices(backends, job, n)
 
-    if body.get("stream"):
-        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+    if req.stream:
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
         return await sse_stream(_stream(events, base, include_usage), openai_body)
 
     async def chunks() -> AsyncGenerator[dict[str, Any], None]:

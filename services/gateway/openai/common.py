@@ -1,4 +1,4 @@
-"""Pieces shared by the OpenAI endpoints: request options, ids, usage, errors."""
+"""Pieces shared by the OpenAI endpoints: request fields and options, ids, usage, errors."""
 
 from __future__ import annotations
 
@@ -6,8 +6,33 @@ import secrets
 from typing import Any
 
 from services.gateway.errors import bad_request
+from services.gateway.http import JsonModel
 from services.gateway.native.common import DONE_REASONS
 from services.gateway.pipeline import MAX_CHOICES, Event
+
+
+class StreamOptions(JsonModel):
+    include_usage: bool = False
+
+
+class TextRequest(JsonModel):
+    """The fields /v1/chat/completions and /v1/completions share."""
+
+    model: str = ""
+    temperature: float | None = None
+    top_p: float | None = None
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    seed: int | None = None
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    logit_bias: dict[str, Any] | None = None  # values checked by options (OpenAI's message)
+    stop: Any = None  # a string or a list of them, checked by sampling_options (Ollama's message)
+    n: Any = None  # checked by choice_count (OpenAI's message)
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+    keep_alive: float | str | None = None  # Ollama's, accepted on /v1 as Ollama does
+
 
 EFFORT_TO_THINK: dict[str, Any] = {
     "none": False,
@@ -28,25 +53,23 @@ def new_id(prefix: str) -> str:
 def think_from_effort(effort: Any) -> Any:
     if effort is None:
         return None
-    if effort not in EFFORT_TO_THINK:
+    if not isinstance(effort, str) or effort not in EFFORT_TO_THINK:
         raise bad_request(f"invalid reasoning value: '{effort}' (must be one of: {', '.join(EFFORT_TO_THINK)})")
     return EFFORT_TO_THINK[effort]
 
 
-def sampling_options(body: dict[str, Any]) -> dict[str, Any]:
+def sampling_options(req: TextRequest) -> dict[str, Any]:
     """OpenAI fields to Ollama options; temperature and top_p default to 1.0 like Ollama."""
     opts: dict[str, Any] = {}
-    temperature = body.get("temperature")
-    opts["temperature"] = 1.0 if temperature is None else temperature
-    top_p = body.get("top_p")
-    opts["top_p"] = top_p if top_p else 1.0
-    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
+    opts["temperature"] = 1.0 if req.temperature is None else req.temperature
+    opts["top_p"] = req.top_p if req.top_p else 1.0
+    max_tokens = req.max_completion_tokens or req.max_tokens
     if max_tokens is not None:
         opts["num_predict"] = max_tokens
     for key in ("seed", "frequency_penalty", "presence_penalty", "logit_bias"):
-        if body.get(key) is not None:
-            opts[key] = body[key]
-    stop = body.get("stop")
+        if getattr(req, key) is not None:
+            opts[key] = getattr(req, key)
+    stop = req.stop
     if stop is not None:
         if isinstance(stop, str):
             stop = [stop]
@@ -56,9 +79,8 @@ def sampling_options(body: dict[str, Any]) -> dict[str, Any]:
     return opts
 
 
-def choice_count(body: dict[str, Any]) -> int:
+def choice_count(n: Any) -> int:
     """OpenAI's `n`, checked before any work so that a stream never starts with a bad one."""
-    n = body.get("n")
     if n is None:
         return 1
     if isinstance(n, bool) or not isinstance(n, int):

@@ -13,12 +13,18 @@ from fastapi.responses import Response
 
 from services.gateway import inference, options, pipeline, prompts
 from services.gateway.errors import bad_request, openai_body
-from services.gateway.http import collect, parse_json
+from services.gateway.http import collect, parse_body
 from services.gateway.native.common import keep_alive
 from services.gateway.openai import common
 from services.gateway.sse import Event, sse_stream
 
 router = APIRouter()
+
+
+class CompletionRequest(common.TextRequest):
+    prompt: Any = None  # a string, strings, token ids or lists of them (checked by _prompts)
+    suffix: str | None = None
+    logprobs: int | None = None  # OpenAI's legacy API: how many top tokens, 0-5 (Ollama allows 20)
 
 
 def _prompts(value: Any) -> list[str | list[int]]:
@@ -36,21 +42,21 @@ def _prompts(value: Any) -> list[str | list[int]]:
 
 @router.post("/v1/completions")
 async def completions(request: Request) -> Response:
-    body = await parse_json(request)
-    if not body.get("model"):
+    req = await parse_body(request, CompletionRequest)
+    if not req.model:
         raise bad_request("model is required", "model_required")
-    n = common.choice_count(body)
-    items = _prompts(body.get("prompt"))
+    n = common.choice_count(req.n)
+    items = _prompts(req.prompt)
     backends = request.app.state.backends
-    model = await inference.resolve(backends, body["model"])
-    pipeline.check_capabilities(model, body["model"], "generate", None, body.get("suffix") or "")
-    merged = options.merge(options.model_params(model), common.sampling_options(body))
-    n_logprobs = body.get("logprobs")
-    ka = keep_alive(body.get("keep_alive"))
+    model = await inference.resolve(backends, req.model)
+    suffix = req.suffix or ""
+    pipeline.check_capabilities(model, req.model, "generate", None, suffix)
+    merged = options.merge(options.model_params(model), common.sampling_options(req))
+    n_logprobs = req.logprobs
+    ka = keep_alive(req.keep_alive)
 
     async def job(prompt: str | list[int]) -> pipeline.Job:
         if isinstance(prompt, str):  # templates are untrusted: rendered off the event loop
-            suffix = body.get("suffix") or ""
             rendered = await asyncio.to_thread(prompts.render_generate, model, prompt, None, False, None, suffix)
             tokens: list[int] = []
         else:
@@ -63,7 +69,7 @@ async def completions(request: Request) -> Response:
             keep_alive=ka,
             prompt_tokens=tokens,
             logprobs=bool(n_logprobs),
-            top_logprobs=int(n_logprobs or 0),
+            top_logprobs=n_logprobs or 0,
         )
 
     jobs = [await job(p) for p in items]
@@ -72,7 +78,7 @@ async def completions(request: Request) -> Response:
         "id": cid,
         "object": "text_completion",
         "created": created,
-        "model": body["model"],
+        "model": req.model,
         "system_fingerprint": "fp_ollama",
     }
 
@@ -100,8 +106,8 @@ async def completions(request: Request) -> Response:
             "top_logprobs": [{t["token"]: t["logprob"] for t in lp["top_logprobs"]} for lp in lps],
         }
 
-    if body.get("stream"):
-        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+    if req.stream:
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
 
         async def sse() -> AsyncGenerator[Event, None]:
             finals: dict[int, pipeline.Event] = {}

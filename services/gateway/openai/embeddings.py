@@ -11,31 +11,38 @@ from fastapi.responses import Response
 
 from services.gateway import inference
 from services.gateway.errors import bad_request
-from services.gateway.http import json_response, parse_json
+from services.gateway.http import JsonModel, json_response, parse_body
 from services.gateway.native.common import keep_alive
 from services.gateway.native.embed import embed_inputs, normalize, run_embed
 
 router = APIRouter()
 
 
+class EmbeddingsRequest(JsonModel):
+    model: str = ""
+    input: Any = None  # a string, strings, token ids or lists of them (checked by embed_inputs)
+    encoding_format: str | None = None
+    dimensions: int | None = None
+    keep_alive: float | str | None = None  # Ollama's, accepted on /v1 as Ollama does
+
+
 @router.post("/v1/embeddings")
 async def embeddings(request: Request) -> Response:
-    body = await parse_json(request)
-    if not body.get("model"):
+    req = await parse_body(request, EmbeddingsRequest)
+    if not req.model:
         raise bad_request("model is required", "model_required")
-    raw_input = body.get("input")
-    if raw_input is None or raw_input == []:
+    if req.input is None or req.input == []:
         raise bad_request("invalid input")
-    inputs = embed_inputs([""] if raw_input == "" else raw_input)
-    encoding = body.get("encoding_format") or "float"
+    inputs = embed_inputs([""] if req.input == "" else req.input)
+    encoding = req.encoding_format or "float"
     if encoding not in ("float", "base64"):
         raise bad_request(f"Invalid value for 'encoding_format' = {encoding}. Supported values: ['float', 'base64'].")
-    dimensions = body.get("dimensions") or 0
-    if not isinstance(dimensions, int) or dimensions < 0:
+    dimensions = req.dimensions or 0
+    if dimensions < 0:
         raise bad_request("invalid value for 'dimensions'")
     backends = request.app.state.backends
-    model = await inference.resolve(backends, body["model"])
-    vectors, count, _ = await run_embed(backends, model, inputs, True, None, keep_alive(body.get("keep_alive")))
+    model = await inference.resolve(backends, req.model)
+    vectors, count, _ = await run_embed(backends, model, inputs, True, None, keep_alive(req.keep_alive))
     data: list[dict[str, Any]] = []
     for i, vec in enumerate(vectors):
         v = normalize(vec, dimensions)
@@ -45,7 +52,7 @@ async def embeddings(request: Request) -> Response:
         {
             "object": "list",
             "data": data,
-            "model": body["model"],
+            "model": req.model,
             "usage": {"prompt_tokens": count, "total_tokens": count},
         }
     )

@@ -24,10 +24,10 @@ from corral.v1 import registry_pb2
 from services.gateway import pipeline, toolchoice
 from services.gateway.backends import Backends
 from services.gateway.errors import HTTPError, bad_request, from_rpc, openai_body
-from services.gateway.http import collect, json_response, parse_json
+from services.gateway.http import collect, json_response, parse_json, validated
 from services.gateway.native.common import keep_alive
 from services.gateway.openai import common
-from services.gateway.openai.chat import to_ollama_messages
+from services.gateway.openai.chat import ChatMessage, to_ollama_messages
 from services.gateway.sse import Event, sse_stream
 
 router = APIRouter()
@@ -54,6 +54,8 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "temperature": (int, float),
     "top_p": (int, float),
     "max_output_tokens": (int,),
+    "seed": (int,),
+    "keep_alive": (int, float, str),
 }
 
 
@@ -181,13 +183,14 @@ async def prepare(backends: Backends, body: dict[str, Any], items: list[Item]) -
     if body.get("instructions"):
         messages.insert(0, {"role": "system", "content": str(body["instructions"])})
     effort = (body.get("reasoning") or {}).get("effort")
-    opts = common.sampling_options({k: body.get(k) for k in ("temperature", "top_p", "seed")})
+    fields = common.TextRequest(temperature=body.get("temperature"), top_p=body.get("top_p"), seed=body.get("seed"))
+    opts = common.sampling_options(fields)
     if body.get("max_output_tokens") is not None:
         opts["num_predict"] = body["max_output_tokens"]
     return await pipeline.prepare_chat(
         backends,
         body["model"],
-        to_ollama_messages(messages),
+        to_ollama_messages([validated(ChatMessage, m) for m in messages]),
         tools=chat_tools(body.get("tools")),
         fmt=text_format(body.get("text")),
         request_options=opts,
