@@ -16,7 +16,7 @@ from services.gateway import ui
 from services.gateway.anthropic import count_tokens as anthropic_count
 from services.gateway.anthropic import messages as anthropic_messages
 from services.gateway.backends import Backends
-from services.gateway.errors import HTTPError, from_corral, surface_body
+from services.gateway.errors import HTTPError, UnexpectedErrors, from_corral, surface_body
 from services.gateway.native import chat, embed, generate, manage, meta, models, running, tokenize
 from services.gateway.observability import Observe
 from services.gateway.observability import router as metrics_router
@@ -41,6 +41,7 @@ def create_app(backends: Backends) -> FastAPI:
         title="Corral", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan, telemetry=telemetry
     )
     app.state.backends = backends
+    app.add_middleware(UnexpectedErrors)  # inside Observe, which then counts its 500s
     app.add_middleware(Observe)
     app.include_router(metrics_router)
     for module in (meta, generate, models, manage, running, chat, embed, tokenize):

@@ -6,10 +6,17 @@ Every error body is `{"error": "<message>"}` plus a stable machine-readable
 
 from __future__ import annotations
 
+import json
+import logging
+
 import grpc
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from corral.errors import CorralError, from_rpc_error
+from corral.logs import fields
 from corral.v1 import common_pb2
+
+log = logging.getLogger(__name__)
 
 _HTTP_BY_REASON: dict[int, int] = {
     common_pb2.ERROR_REASON_MODEL_NOT_FOUND: 404,
@@ -117,3 +124,40 @@ def surface_body(path: str, err: HTTPError) -> dict[str, object]:
     if path.startswith("/v1/"):
         return openai_body(err)
     return dict(err.body())
+
+
+class UnexpectedErrors:
+    """Pure ASGI middleware: an exception no handler knows (a bug) becomes a 500 in the
+    surface's error shape, logged with its traceback. Left to Starlette, the client gets a
+    plain-text 500 and uvicorn then closes the connection under it, so the client's next
+    request on that keep-alive connection fails too. Once a response has started there is
+    nothing to answer: the exception goes on, and the connection closes."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:
+            if started:
+                raise
+            log.exception("unexpected error", extra=fields(path=scope.get("path", "")))
+            err = HTTPError(500, f"internal error: {type(exc).__name__}", "internal")
+            body = json.dumps(surface_body(scope.get("path", ""), err)).encode()
+            headers = [
+                (b"content-type", b"application/json; charset=utf-8"),
+                (b"content-length", str(len(body)).encode()),
+            ]
+            await send({"type": "http.response.start", "status": 500, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
