@@ -13,6 +13,15 @@ _UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0
 _PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
 
 FOREVER = math.inf
+LONGEST = (2**63 - 1) / 1e9  # Go's longest time.Duration, about 292 years, in seconds
+
+
+def keep_alive_seconds(seconds: float) -> float:
+    """Negative, or longer than any Go duration, is forever (a year 10^12 expiry once broke
+    every later /api/ps); NaN raises ValueError."""
+    if math.isnan(seconds):
+        raise ValueError("keep_alive is not a number")
+    return FOREVER if seconds < 0 or seconds > LONGEST else seconds
 
 
 def parse_go_duration(text: str) -> float:
@@ -53,4 +62,4 @@ def parse_keep_alive(value: object, *, env_style: bool = False) -> float:
         seconds = float(value) if env_style and re.fullmatch(r"[+-]?\d+", value.strip()) else parse_go_duration(value)
     else:
         raise ValueError(f"Unsupported type: '{type(value).__name__}'")
-    return FOREVER if seconds < 0 else seconds
+    return keep_alive_seconds(seconds)

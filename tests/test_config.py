@@ -54,6 +54,12 @@ def test_durations() -> None:
         parse_keep_alive(True)
     with pytest.raises(ValueError, match="Unsupported type"):
         parse_keep_alive([1])
+    # Longer than any Go duration is forever, not an expiry in the year 10^12.
+    assert parse_keep_alive(10**20) == math.inf
+    assert parse_keep_alive("99999999999h") == math.inf
+    assert parse_keep_alive(9e9) == 9e9
+    with pytest.raises(ValueError, match="not a number"):
+        parse_keep_alive(math.nan)
 
 
 def test_bad_integer_is_a_clear_error() -> None:

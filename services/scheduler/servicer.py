@@ -7,6 +7,7 @@ import math
 import grpc
 from google.protobuf import timestamp_pb2
 
+from corral.durations import keep_alive_seconds
 from corral.errors import CorralError
 from corral.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc
 from services.scheduler import placement
@@ -43,8 +44,11 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         self, request: scheduler_pb2.AcquireModelRequest, context: grpc.aio.ServicerContext
     ) -> scheduler_pb2.AcquireModelResponse:
         keep_alive = request.keep_alive_seconds if request.HasField("keep_alive_seconds") else None
-        if keep_alive is not None and keep_alive < 0:
-            keep_alive = math.inf
+        if keep_alive is not None:
+            try:
+                keep_alive = keep_alive_seconds(keep_alive)
+            except ValueError as exc:
+                raise CorralError(common_pb2.ERROR_REASON_INVALID_ARGUMENT, str(exc)) from None
         lease = await self.core.acquire(request.model, request.options, keep_alive)
         return scheduler_pb2.AcquireModelResponse(
             lease_id=lease.id,
@@ -90,6 +94,7 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
                 expires = (
                     self.core.clock.time() + inst.keep_alive if not math.isinf(inst.keep_alive) else FOREVER_SECONDS
                 )
+            expires = min(expires, FOREVER_SECONDS)
             m.expires_at.CopyFrom(timestamp_pb2.Timestamp(seconds=int(expires), nanos=int((expires % 1) * 1e9)))
         return out
 

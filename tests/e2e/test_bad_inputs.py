@@ -7,6 +7,7 @@ requests were 500s or dropped connections (`"model": 7`, `"reasoning": "x"`,
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -155,11 +156,14 @@ MESSAGE_FIELDS = ["role", "content", "name", "tool_calls", "tool_call_id", "imag
 
 
 @pytest.fixture(scope="module")
-def model(stack: Stack, gemma: str) -> str:
-    """Gemma with num_predict 4, so that a body whose values are all valid generates briefly."""
+def model(stack: Stack, gemma: str) -> Iterator[str]:
+    """Gemma with num_predict 4, so that a body whose values are all valid generates briefly.
+    Unloaded afterwards: the keep_alive values sent here (forever among them) stay with the
+    instance, which the session stack's later tests share."""
     body = {"model": MODEL, "from": gemma, "parameters": {"num_predict": 4}, "stream": False}
     assert httpx.post(stack.url + "/api/create", json=body, timeout=120).status_code == 200
-    return MODEL
+    yield MODEL
+    httpx.post(stack.url + "/api/generate", json={"model": MODEL, "keep_alive": 0}, timeout=60)
 
 
 def _shaped(path: str, body: Any) -> bool:
@@ -195,3 +199,7 @@ def test_no_value_of_any_type_is_a_server_error(stack: Stack, model: str, path: 
             elif r.status_code >= 400 and not _shaped(path, r.json()):
                 wrong.append(f"{what}: {r.status_code} not in the surface's error shape: {r.text[:120]}")
     assert not wrong, f"{len(wrong)} bad answers:\n" + "\n".join(wrong)
+    # Nothing accepted above poisoned what the stack keeps (a keep_alive of 1e20 seconds once
+    # made every later /api/ps fail).
+    for check in ("/api/ps", "/api/tags", "/api/status"):
+        assert httpx.get(stack.url + check, timeout=30).status_code == 200, check

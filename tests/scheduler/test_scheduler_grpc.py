@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import uuid
 from collections.abc import AsyncIterator
 
@@ -14,7 +15,7 @@ from corral.grpc_server import GrpcService, channel
 from corral.v1 import common_pb2, runner_pb2, scheduler_pb2, scheduler_pb2_grpc
 from services.scheduler.core import QUEUE_FULL_MESSAGE, Scheduler, SchedulerConfig
 from services.scheduler.runners import GrpcRunnerClient
-from services.scheduler.servicer import SchedulerServicer
+from services.scheduler.servicer import FOREVER_SECONDS, SchedulerServicer
 from tests.scheduler.fake_runner import GIB, FakeRunner, cpu_device, gpu_device
 
 
@@ -153,6 +154,19 @@ async def test_keep_alive_zero_unloads_after_release(stack: Stack) -> None:
     await asyncio.sleep(0.2)
     assert runner.unloads == [lease.instance_id]
     assert not (await stack.stub.ListLoadedModels(scheduler_pb2.ListLoadedModelsRequest())).models
+
+
+async def test_a_keep_alive_beyond_any_date_is_forever(stack: Stack) -> None:
+    """gRPC clients send seconds as they like: 1e20 once became an expiry no Timestamp holds,
+    and every later ListLoadedModels failed. NaN is refused."""
+    await stack.runner(cpu_device())
+    lease = await stack.stub.AcquireModel(acquire_req(keep_alive=1e20))
+    await stack.stub.ReleaseModel(scheduler_pb2.ReleaseModelRequest(lease_id=lease.lease_id))
+    ps = await stack.stub.ListLoadedModels(scheduler_pb2.ListLoadedModelsRequest())
+    assert ps.models[0].expires_at.seconds == FOREVER_SECONDS
+    with pytest.raises(grpc.aio.AioRpcError) as exc:
+        await stack.stub.AcquireModel(acquire_req(keep_alive=math.nan))
+    assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
 async def test_keep_alive_expiry(stack: Stack) -> None:
