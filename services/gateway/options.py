@@ -17,6 +17,7 @@ from corral.options import LOAD, SAMPLING, Kind
 from corral.v1 import common_pb2, registry_pb2
 
 log = logging.getLogger(__name__)
+FLOAT32_MAX = 3.4028234663852886e38
 
 
 def _invalid(name: str, type_name: str) -> CorralError:
@@ -28,7 +29,11 @@ def _coerce(name: str, kind: Kind, value: Any) -> Any:
         if isinstance(value, bool):
             return value
     elif isinstance(value, int | float) and not isinstance(value, bool):
-        return int(value) if kind == "int" else float(value)
+        if kind == "int":
+            return int(value)
+        if not -FLOAT32_MAX <= value <= FLOAT32_MAX:  # NaN fails this too
+            raise CorralError(common_pb2.ERROR_REASON_INVALID_ARGUMENT, f'option "{name}" is out of range')
+        return float(value)
     raise _invalid(name, {"float": "float32", "int": "integer", "bool": "boolean"}[kind])
 
 
