@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 from corral.errors import CorralError
 from corral.v1 import common_pb2
 from services.runner.batcher import Batcher
+from services.runner.burst import BurstHold
 from services.runner.delivery import EventBuffer, Outbox
 from services.runner.draftmodel import DraftModel, check_vocab
 from services.runner.jobs import GenerateSpec, GenEvent, Job
@@ -223,17 +224,33 @@ class Instance:
         return DraftModel(draft, spec.draft_num_predict)
 
     def _serve(self, nm: NativeModel, batcher: Batcher) -> None:
+        hold = BurstHold()
+        first_step = 0  # requests the step after an idle spell started with (0: not that step)
         while True:
             # Block only when idle; otherwise take what arrived and step.
-            cmd: _Command | None = self._commands.get() if not batcher.has_work() else self._poll()
-            while cmd is not None:
-                if isinstance(cmd, _Stop):
-                    return
-                if isinstance(cmd, Job):
-                    batcher.submit(cmd)
-                elif isinstance(cmd, _Call):
-                    self._run_call(nm, cmd)
-                cmd = self._poll()
+            idle = not batcher.has_work()
+            cmd: _Command | None = self._commands.get() if idle else self._poll()
+            jobs, first, last = 0, time.perf_counter(), 0.0
+            while True:
+                while cmd is not None:
+                    if isinstance(cmd, _Stop):
+                        return
+                    if isinstance(cmd, Job):
+                        batcher.submit(cmd)
+                        jobs, last = jobs + 1, time.perf_counter()
+                    elif isinstance(cmd, _Call):
+                        self._run_call(nm, cmd)
+                    cmd = self._poll()
+                wait = hold.deadline(first, last) - time.perf_counter()
+                if not (idle and jobs and nm.num_parallel > 1) or wait <= 0:
+                    break
+                try:  # an idle instance's first step waits for the rest of a burst (burst.py)
+                    cmd = self._commands.get(timeout=wait)
+                except queue.Empty:
+                    break
+            if first_step:  # what came while it ran, unless the instance went idle since
+                hold.first_step_done(first_step, 0 if idle else jobs)
+            first_step = jobs if idle else 0
             try:
                 batcher.reap_cancelled()
                 batcher.admit()
