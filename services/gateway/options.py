@@ -20,6 +20,10 @@ log = logging.getLogger(__name__)
 FLOAT32_MAX = 3.4028234663852886e38
 
 
+def _out_of_range(name: str) -> CorralError:
+    return CorralError(common_pb2.ERROR_REASON_INVALID_ARGUMENT, f'option "{name}" is out of range')
+
+
 def _invalid(name: str, type_name: str) -> CorralError:
     return CorralError(common_pb2.ERROR_REASON_INVALID_ARGUMENT, f'option "{name}" must be of type {type_name}')
 
@@ -32,7 +36,7 @@ def _coerce(name: str, kind: Kind, value: Any) -> Any:
         if kind == "int":
             return int(value)
         if not -FLOAT32_MAX <= value <= FLOAT32_MAX:  # NaN fails this too
-            raise CorralError(common_pb2.ERROR_REASON_INVALID_ARGUMENT, f'option "{name}" is out of range')
+            raise _out_of_range(name)
         return float(value)
     raise _invalid(name, {"float": "float32", "int": "integer", "bool": "boolean"}[kind])
 
@@ -43,7 +47,7 @@ def _set(out: Any, name: str, value: Any) -> None:
     try:
         setattr(out, name, value)
     except (ValueError, TypeError, OverflowError):
-        raise CorralError(common_pb2.ERROR_REASON_INVALID_ARGUMENT, f'option "{name}" is out of range') from None
+        raise _out_of_range(name) from None
 
 
 def _logit_bias(value: Any) -> dict[int, float]:

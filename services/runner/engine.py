@@ -229,25 +229,11 @@ class Instance:
         while True:
             # Block only when idle; otherwise take what arrived and step.
             idle = not batcher.has_work()
-            cmd: _Command | None = self._commands.get() if idle else self._poll()
-            jobs, first, last = 0, time.perf_counter(), 0.0
-            while True:
-                while cmd is not None:
-                    if isinstance(cmd, _Stop):
-                        return
-                    if isinstance(cmd, Job):
-                        batcher.submit(cmd)
-                        jobs, last = jobs + 1, time.perf_counter()
-                    elif isinstance(cmd, _Call):
-                        self._run_call(nm, cmd)
-                    cmd = self._poll()
-                wait = hold.deadline(first, last) - time.perf_counter()
-                if not (idle and jobs and nm.num_parallel > 1) or wait <= 0:
-                    break
-                try:  # an idle instance's first step waits for the rest of a burst (burst.py)
-                    cmd = self._commands.get(timeout=wait)
-                except queue.Empty:
-                    break
+            jobs = self._take(nm, batcher, self._commands.get() if idle else self._poll())
+            if idle and jobs and nm.num_parallel > 1:
+                jobs = self._gather(nm, batcher, hold, jobs)
+            if jobs is None:
+                return
             if first_step:  # what came while it ran, unless the instance went idle since
                 hold.first_step_done(first_step, 0 if idle else jobs)
             first_step = jobs if idle else 0
@@ -261,6 +247,36 @@ class Instance:
                 batcher.abort_all(CorralError(common_pb2.ERROR_REASON_RUNNER_FAILED, f"runner error: {exc}"))
             self._publish(batcher)
             self._outbox.flush()
+
+    def _take(self, nm: NativeModel, batcher: Batcher, cmd: _Command | None) -> int | None:
+        """Handles `cmd` and whatever else is queued; returns the jobs among them, None on _Stop."""
+        jobs = 0
+        while cmd is not None:
+            if isinstance(cmd, _Stop):
+                return None
+            if isinstance(cmd, Job):
+                batcher.submit(cmd)
+                jobs += 1
+            elif isinstance(cmd, _Call):
+                self._run_call(nm, cmd)
+            cmd = self._poll()
+        return jobs
+
+    def _gather(self, nm: NativeModel, batcher: Batcher, hold: BurstHold, jobs: int) -> int | None:
+        """An idle instance's first step waits for the rest of a burst (burst.py); returns the
+        jobs in all, None on _Stop."""
+        first = last = time.perf_counter()
+        while (wait := hold.deadline(first, last) - time.perf_counter()) > 0:
+            try:
+                cmd = self._commands.get(timeout=wait)
+            except queue.Empty:
+                break
+            more = self._take(nm, batcher, cmd)
+            if more is None:
+                return None
+            if more:
+                jobs, last = jobs + more, time.perf_counter()
+        return jobs
 
     def _on_load_progress(self, fraction: float) -> bool:
         self.progress.loaded(fraction)

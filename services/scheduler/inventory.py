@@ -138,7 +138,7 @@ class Instance:
     last_used: float = field(default_factory=time.monotonic)
     idle_since: float = 0.0  # leased but without work on the runner since (abandoned-lease check)
     # Other models (name -> manifest digest) granted leases on it: a Modelfile or a copy over
-    # the same weights with the same load options shares the instance, as in Ollama.
+    # the same weights whose load options it covers (LoadKey.covers) shares it, as in Ollama.
     also_serves: dict[str, str] = field(default_factory=dict)
 
     def serves_manifest(self, manifest_digest: str) -> bool:
